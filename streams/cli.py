@@ -1,0 +1,223 @@
+"""The ``touchpath`` command line.
+
+Each command is a few lines: build :class:`Settings` once, hand it to the module that does
+the work. Expected failures (unreachable Kafka or ClickHouse, bad settings, bad files)
+print one clear line and exit non-zero; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from streams.config import Settings
+
+app = typer.Typer(
+    name="touchpath",
+    help="Customer-experience event streaming: touchpoints → journeys → pain points → care.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        s = Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise CliError(f"bad setting TOUCHPATH_{field.upper()}: {err['msg']}") from None
+    return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level={"warn": "WARNING"}.get(level, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def worker(
+    data_dir: Annotated[Path | None, typer.Option(help="Where embedded data lives.")] = None,
+    web_port: Annotated[int | None, typer.Option(help="Port of /metrics, /health, /api.")] = None,
+) -> None:
+    """Run the processing worker against the configured Kafka and ClickHouse.
+
+    With no TOUCHPATH_KAFKA_BOOTSTRAP it starts an embedded broker; with no
+    TOUCHPATH_CLICKHOUSE_HOST it lands into embedded ClickHouse (chDB) under --data-dir.
+    """
+    from streams.worker import run_worker
+
+    settings = _settings(data_dir=data_dir, web_port=web_port)
+    _setup_logging(settings.log_level)
+    run_worker(settings)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Simulated customers.")] = 2000,
+    days: Annotated[int, typer.Option(help="Simulated days of history.")] = 30,
+    duration: Annotated[
+        float,
+        typer.Option(help="Seconds over which to send the traffic (0 = as fast as possible)."),
+    ] = 20.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    keep: Annotated[bool, typer.Option(help="Keep everything running after the summary.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Demo data directory.")] = None,
+) -> None:
+    """End to end on the embedded default: broker, worker, simulator, summary from ClickHouse."""
+    from streams.demo import DemoOptions, run_demo
+
+    settings = _settings(data_dir=data_dir)
+    _setup_logging("warn")
+    ok = run_demo(
+        settings,
+        DemoOptions(customers=customers, days=days, duration=duration, seed=seed, keep=keep),
+        console=out,
+    )
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for the generated files.")
+    ] = Path("out/sim"),
+    customers: Annotated[int, typer.Option(help="Number of customers.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of history.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 7,
+    to_kafka: Annotated[
+        bool, typer.Option(help="Also produce the records to the raw topic.")
+    ] = False,
+    rate: Annotated[
+        float | None, typer.Option(help="With --to-kafka: events per second (default: max).")
+    ] = None,
+) -> None:
+    """Generate synthetic multi-channel journeys with injected pain points and ground truth.
+
+    Writes events.jsonl.gz, customers.jsonl, ground_truth.jsonl and manifest.json.
+    """
+    from streams.simulator import SimConfig, publish, write_outputs
+    from streams.simulator import simulate as run_sim
+
+    settings = _settings()
+    result = run_sim(SimConfig(customers=customers, days=days, seed=seed))
+    paths = write_outputs(result, out_dir)
+    m = result.manifest
+    out.print(
+        f"[green]wrote[/] {m['events_total']} events ({m['events_malformed']} malformed), "
+        f"{len(result.customers)} customers, {len(result.ground_truth)} injected pain points "
+        f"→ {out_dir}"
+    )
+    for p in paths.values():
+        out.print(f"  {p}")
+    if to_kafka:
+        if settings.kafka_bootstrap is None:
+            raise CliError("--to-kafka needs TOUCHPATH_KAFKA_BOOTSTRAP")
+        from streams.runtime import wait_for_kafka
+
+        wait_for_kafka(settings.kafka_bootstrap, settings.kafka_client_config())
+        n = publish(
+            result.records,
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.topic(settings.topic_raw),
+            rate=rate,
+            client_config=settings.kafka_client_config(),
+        )
+        out.print(f"[green]produced[/] {n} records to {settings.topic(settings.topic_raw)}")
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files (or directories).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    examples: Annotated[int, typer.Option(help="Invalid examples to show.")] = 5,
+) -> None:
+    """Validate touchpoint logs exactly as ingest does. Exit 1 if any line is invalid."""
+    from replay.sources import expand, iter_lines
+    from schemas.validation import Rejection, Validator
+
+    settings = _settings()
+    validator = Validator.from_settings(settings)
+    now = datetime.now(UTC)
+    valid, reasons, shown = 0, Counter[str](), []
+    for path in expand(files):
+        if not path.exists():
+            raise CliError(f"no such file: {path}")
+        for lineno, raw in iter_lines(path):
+            r = validator.validate(raw, now)
+            if isinstance(r, Rejection):
+                reasons[r.reason] += 1
+                if len(shown) < examples:
+                    shown.append((f"{path}:{lineno}", r.reason, r.error))
+            else:
+                valid += 1
+    invalid = sum(reasons.values())
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps(
+                {"valid": valid, "invalid": invalid, "reasons": dict(sorted(reasons.items()))}
+            ).decode()
+            + "\n"
+        )
+    else:
+        out.print(f"[green]{valid} valid[/], [{'red' if invalid else 'green'}]{invalid} invalid[/]")
+        if reasons:
+            t = Table("reason", "count")
+            for reason, n in reasons.most_common():
+                t.add_row(reason, str(n))
+            out.print(t)
+            for where, reason, err in shown:
+                out.print(f"  {where}: [yellow]{reason}[/] {err}", markup=True, highlight=False)
+    raise typer.Exit(1 if invalid else 0)
+
+
+@app.command()
+def schemas(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for *.schema.json.")] = Path(
+        "schemas-json"
+    ),
+) -> None:
+    """Export JSON Schemas of the wire formats so producers can validate on their side."""
+    from schemas.export import export
+
+    for p in export(out_dir):
+        out.print(str(p))
+
+
+def main() -> None:
+    """Console-script entry point: expected errors become one line and exit code 2."""
+    from sinks.clickhouse.errors import ClickHouseError
+    from streams.runtime import RuntimeStartError
+
+    try:
+        app()
+    except (CliError, RuntimeStartError, ClickHouseError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

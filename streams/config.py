@@ -1,0 +1,118 @@
+"""touchpath settings: one pydantic-settings class, built once by the CLI and passed down.
+
+Every field can be set through the environment with the ``TOUCHPATH_`` prefix
+(``TOUCHPATH_KAFKA_BOOTSTRAP=broker:9092``) or a ``.env`` file. Secrets are
+``SecretStr`` so they never show up in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The PII key used when none is configured. Fine for the embedded demo; a real
+#: deployment must set ``TOUCHPATH_PII_SECRET`` (the worker warns when it is not).
+DEV_PII_SECRET = "touchpath-dev-only-secret"
+
+
+class Settings(BaseSettings):
+    """All configuration of a touchpath process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOUCHPATH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port,...). Unset: start the embedded broker.",
+    )
+    topic_prefix: str = Field(default="", description="Prefix prepended to every topic name.")
+    topic_raw: str = "touchpoints.raw"
+    topic_dlq: str = "touchpoints.dlq"
+    topic_valid: str = Field(
+        default="touchpoints.valid",
+        description="Internal topic of validated micro-batches, partitioned by identity key.",
+    )
+    topic_customers: str = "customers"
+    partitions: int = Field(default=4, ge=1, description="Partitions of topics touchpath creates.")
+    app_id: str = Field(default="touchpath", description="Faust app id / consumer group prefix.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # --- ClickHouse ------------------------------------------------------------------------
+    clickhouse_host: str | None = Field(
+        default=None, description="ClickHouse server host. Unset: embedded chDB in data_dir."
+    )
+    clickhouse_port: int = 8123
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_secure: bool = False
+    clickhouse_database: str = "touchpath"
+
+    # --- local state -----------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".touchpath"), description="Embedded chDB data and run files live here."
+    )
+
+    # --- privacy ---------------------------------------------------------------------------
+    pii_secret: SecretStr = Field(
+        default=SecretStr(DEV_PII_SECRET),
+        description="HMAC-SHA256 key for phone/email hashing. Set it in production.",
+    )
+
+    # --- ingest / validation ---------------------------------------------------------------
+    batch_max_events: int = Field(default=500, ge=1, description="Events per micro-batch.")
+    batch_max_ms: int = Field(default=50, ge=1, description="Max wait to fill a batch (ms).")
+    max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    max_string_chars: int = Field(default=8192, ge=16)
+    max_depth: int = Field(default=8, ge=2, description="Max JSON nesting depth of a record.")
+    max_future_days: float = Field(default=7.0, ge=0)
+
+    # --- worker ----------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+
+    @field_validator("kafka_bootstrap", "clickhouse_host", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_host is None
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.data_dir / "chdb").resolve()
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) security settings, passed through as given."""
+        conf: dict[str, str] = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        return conf

@@ -1,0 +1,254 @@
+"""Ingest: raw touchpoints in, validated micro-batches and dead letters out.
+
+Outside producers write ``touchpoints.raw`` one event per message. Faust would pay ~100 µs
+per message, so ingest reads the raw topic with confluent-kafka in batches instead
+(design.md, Throughput design), and per batch:
+
+1. validates every record and hashes its PII (:class:`schemas.validation.Validator`),
+2. groups valid events by the partition of their identity key (Faust's murmur2) and sends
+   them as micro-batch messages on the internal ``touchpoints.valid`` topic,
+3. sends every rejected record to ``touchpoints.dlq`` as a :class:`DeadLetter`,
+4. flushes the producer and only then commits the source offsets (at-least-once; duplicates
+   are removed downstream by ``event_id``).
+
+:func:`split_batch` is the pure part; :class:`Ingestor` is the Kafka glue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from schemas.dead_letter import MAX_RAW_KEPT, DeadLetter, dead_letter_id
+from schemas.validation import Rejection, Validator
+from streams import metrics
+from streams.config import Settings
+from streams.microbatch import Item, encode
+from streams.partitioning import partition_for
+
+log = logging.getLogger(__name__)
+
+#: Keep each micro-batch message well below Kafka's default 1 MB message limit.
+MAX_MICROBATCH_BYTES = 900_000
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One consumed raw message, detached from the Kafka client."""
+
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class SplitResult:
+    """What one ingest batch produces."""
+
+    #: target partition -> list of micro-batch payloads (each already size-bounded)
+    batches: dict[int, list[list[Item]]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    valid_by_channel: Counter[str] = field(default_factory=Counter)
+    dead_by_reason: Counter[str] = field(default_factory=Counter)
+
+
+def split_batch(
+    records: Iterable[RawRecord],
+    validator: Validator,
+    *,
+    partitions: int,
+    now: datetime,
+    max_items: int = 500,
+    max_bytes: int = MAX_MICROBATCH_BYTES,
+) -> SplitResult:
+    """Validate a batch of raw records and route them: pure, no I/O.
+
+    Events keep their consumed order inside each target partition, so per-customer order
+    from one source partition is preserved.
+    """
+    out = SplitResult()
+    open_chunks: dict[int, tuple[list[Item], int]] = {}
+    for rec in records:
+        raw = rec.value if rec.value is not None else b""
+        result = validator.validate(raw, now) if raw else Rejection("invalid_json", "empty record")
+        if isinstance(result, Rejection):
+            out.dead_letters.append(_dead_letter(rec, raw, result, validator, now))
+            out.dead_by_reason[result.reason] += 1
+            continue
+        key = result.identity_key
+        part = partition_for(key.encode(), partitions)
+        item: Item = {
+            "tp": result.model_dump(mode="json", exclude_none=True),
+            "k": key,
+            "p": rec.partition,
+            "o": rec.offset,
+        }
+        chunk, size = open_chunks.get(part, (None, 0))
+        n = len(raw) + 96
+        if chunk is None or len(chunk) >= max_items or size + n > max_bytes:
+            chunk, size = [], 0
+            out.batches.setdefault(part, []).append(chunk)
+        chunk.append(item)
+        open_chunks[part] = (chunk, size + n)
+        out.valid_by_channel[result.channel.value] += 1
+    return out
+
+
+def _dead_letter(
+    rec: RawRecord, raw: bytes, rej: Rejection, validator: Validator, now: datetime
+) -> DeadLetter:
+    return DeadLetter(
+        dead_letter_id=dead_letter_id(rec.topic, rec.partition, rec.offset),
+        reason=rej.reason,
+        error=rej.error,
+        source_topic=rec.topic,
+        source_partition=rec.partition,
+        source_offset=rec.offset,
+        raw=validator.hasher.scrub(raw[:MAX_RAW_KEPT]),
+        raw_size=len(raw),
+        received_at=now,
+    )
+
+
+class Ingestor:
+    """Runs :func:`split_batch` over the raw topic with confluent-kafka clients.
+
+    :meth:`run_once` is synchronous and self-contained (consume → produce → flush →
+    commit), so the worker can run it in a thread without blocking Faust's event loop,
+    and a rebalance between two calls never finds un-committed, un-flushed work.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, validator: Validator) -> None:
+        self.settings = settings
+        self.validator = validator
+        self.raw_topic = settings.topic(settings.topic_raw)
+        self.valid_topic = settings.topic(settings.topic_valid)
+        self.dlq_topic = settings.topic(settings.topic_dlq)
+        common = {"bootstrap.servers": bootstrap, **settings.kafka_client_config()}
+        self.consumer = Consumer(
+            {
+                **common,
+                "group.id": f"{settings.app_id}-ingest",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": 16 * 1024 * 1024,
+                "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+            }
+        )
+        self.producer = Producer(
+            {
+                **common,
+                "linger.ms": 5,
+                "acks": "all",
+                "enable.idempotence": False,
+                "message.max.bytes": 1_000_000,
+            }
+        )
+        self._delivery_errors: list[KafkaError] = []
+        self.consumer.subscribe([self.raw_topic])
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(err)
+
+    def run_once(self, max_messages: int | None = None, timeout: float | None = None) -> int:
+        """Process one batch; returns the number of raw records handled (0 when idle)."""
+        n = max_messages or max(self.settings.batch_max_events * 4, 500)
+        msgs = self.consumer.consume(n, timeout or self.settings.batch_max_ms / 1000)
+        if not msgs:
+            return 0
+        started = time.perf_counter()
+        records: list[RawRecord] = []
+        for m in msgs:
+            if m.error() is not None:
+                # Partition EOF and transient fetch errors are not data; log once per batch.
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error on %s: %s", self.raw_topic, m.error())
+                continue
+            records.append(RawRecord(m.value(), m.topic(), m.partition(), m.offset()))
+        if not records:
+            return 0
+        try:
+            result = split_batch(
+                records,
+                self.validator,
+                partitions=self.settings.partitions,
+                now=datetime.now(UTC),
+                max_items=self.settings.batch_max_events,
+            )
+            self._send(result)
+        except Exception:
+            metrics.INGEST_ERRORS.inc()
+            log.exception("ingest batch failed; re-reading it")
+            self._rewind(records)
+            time.sleep(0.5)
+            return 0
+        self._commit(records)
+        self._count(result, len(records))
+        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+        return len(records)
+
+    def _send(self, result: SplitResult) -> None:
+        self._delivery_errors.clear()
+        at = datetime.now(UTC).isoformat()
+        for part, chunks in result.batches.items():
+            for chunk in chunks:
+                self._produce(self.valid_topic, encode(chunk, at), None, part)
+        for dl in result.dead_letters:
+            self._produce(self.dlq_topic, dl.model_dump_json().encode(), dl.dead_letter_id.encode())
+        remaining = self.producer.flush(30)
+        if remaining:
+            raise KafkaException(f"{remaining} messages not delivered within 30 s")
+        if self._delivery_errors:
+            raise KafkaException(self._delivery_errors[0])
+
+    def _produce(
+        self, topic: str, value: bytes, key: bytes | None, partition: int | None = None
+    ) -> None:
+        kwargs = {"partition": partition} if partition is not None else {}
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let deliveries drain
+
+    def _commit(self, records: list[RawRecord]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = max(last.get((r.topic, r.partition), -1), r.offset)
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        self.consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _rewind(self, records: list[RawRecord]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            first[key] = min(first.get(key, r.offset), r.offset)
+        for (t, p), o in first.items():
+            try:
+                self.consumer.seek(TopicPartition(t, p, o))
+            except KafkaException as exc:  # partition revoked meanwhile: the new owner re-reads
+                log.warning("could not rewind %s[%d]: %s", t, p, exc)
+
+    @staticmethod
+    def _count(result: SplitResult, n_in: int) -> None:
+        metrics.EVENTS_IN.inc(n_in)
+        for ch, n in result.valid_by_channel.items():
+            metrics.EVENTS_VALID.labels(channel=ch).inc(n)
+        for reason, n in result.dead_by_reason.items():
+            metrics.EVENTS_DEAD_LETTERED.labels(reason=reason).inc(n)
+
+    def close(self) -> None:
+        """Flush pending output and leave the consumer group cleanly."""
+        self.producer.flush(10)
+        self.consumer.close()

@@ -1,0 +1,76 @@
+"""Every Prometheus metric touchpath exports, declared in one place.
+
+Names follow Prometheus conventions: ``touchpath_<thing>_<unit>`` / ``_total``, base units.
+Metrics are incremented per batch, never per event on the hot path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_IN = Counter(
+    "touchpath_events_in_total", "Raw records consumed by ingest.", registry=REGISTRY
+)
+EVENTS_VALID = Counter(
+    "touchpath_events_valid_total",
+    "Records that passed validation, per channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "touchpath_events_dead_lettered_total",
+    "Records sent to the dead-letter topic, per reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+INGEST_BATCH_SECONDS = Histogram(
+    "touchpath_ingest_batch_seconds",
+    "Time to validate, forward, flush and commit one ingest batch.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+INGEST_ERRORS = Counter(
+    "touchpath_ingest_errors_total",
+    "Ingest batches that failed to forward and were re-read.",
+    registry=REGISTRY,
+)
+SINK_ROWS = Counter(
+    "touchpath_sink_rows_total",
+    "Rows landed in ClickHouse, per table.",
+    ["table"],
+    registry=REGISTRY,
+)
+SINK_FLUSH_SECONDS = Histogram(
+    "touchpath_sink_flush_seconds",
+    "Duration of one ClickHouse flush, per table.",
+    ["table"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+SINK_ERRORS = Counter(
+    "touchpath_sink_errors_total", "Failed ClickHouse insert attempts.", registry=REGISTRY
+)
+SINK_REJECTED_ROWS = Counter(
+    "touchpath_sink_rejected_rows_total",
+    "Rows ClickHouse refused to accept (encoding errors: a bug, logged loudly).",
+    ["table"],
+    registry=REGISTRY,
+)
+SINK_BACKLOG = Gauge(
+    "touchpath_sink_backlog_rows",
+    "Rows buffered, not yet landed in ClickHouse.",
+    registry=REGISTRY,
+)
+AGENT_ERRORS = Counter(
+    "touchpath_agent_errors_total",
+    "Unexpected exceptions caught in agents, per agent (the agent keeps running).",
+    ["agent"],
+    registry=REGISTRY,
+)
+WORKER_READY = Gauge(
+    "touchpath_worker_ready",
+    "1 once the worker has started all its services.",
+    registry=REGISTRY,
+)

@@ -1,0 +1,36 @@
+"""Micro-batch messages: one Kafka message carries many events of one partition.
+
+Faust pays ~100 µs per Kafka message whatever the agent does, so internal topics carry
+batches (design.md, Throughput design). The codec is orjson; each item keeps the event
+and where it came from, so landing stays idempotent and traceable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import orjson
+
+MICROBATCH_VERSION = 1
+
+
+class Item(TypedDict):
+    """One event in a micro-batch: touchpoint dict, identity key, source partition/offset."""
+
+    tp: dict[str, Any]
+    k: str
+    p: int
+    o: int
+
+
+def encode(items: list[Item], ingested_at: str) -> bytes:
+    """Serialize one micro-batch."""
+    return orjson.dumps({"v": MICROBATCH_VERSION, "at": ingested_at, "items": items})
+
+
+def decode(value: bytes) -> tuple[str, list[Item]]:
+    """Parse one micro-batch into ``(ingested_at, items)``."""
+    obj = orjson.loads(value)
+    if obj.get("v") != MICROBATCH_VERSION:
+        raise ValueError(f"unsupported micro-batch version {obj.get('v')!r}")
+    return obj["at"], obj["items"]

@@ -1,0 +1,15 @@
+"""Partition choice identical to Faust's (aiokafka's murmur2 DefaultPartitioner).
+
+touchpath produces micro-batches to explicit partitions, so the partition a key lands on
+must be the one Faust itself would pick for that key; confluent-kafka's default
+partitioner (consistent_random / CRC32) would disagree.
+"""
+
+from __future__ import annotations
+
+from aiokafka.partitioner import murmur2
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's Java/aiokafka default: ``toPositive(murmur2(key)) % partitions``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

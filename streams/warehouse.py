@@ -1,0 +1,115 @@
+"""The worker's ClickHouse: one connection, one thread, the batching writer and queries.
+
+chDB is not an async library and one process owns its data directory, so every call goes
+through a single dedicated thread; agents ``await`` it without blocking Faust's loop. The
+same code talks to a ClickHouse server when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from clickhouse_connect.driver import Client
+
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.errors import ClickHouseRejected, ClickHouseUnavailable
+from sinks.clickhouse.migrate import migrate
+from sinks.clickhouse.queries import run_query
+from sinks.clickhouse.writer import ClickHouseWriter
+from streams import metrics
+from streams.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Warehouse:
+    """Owns the ClickHouse client of a worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+        self.client: Client | None = None
+        self.writer: ClickHouseWriter | None = None
+
+    # -- lifecycle (blocking; call from the CLI or through `call`) -------------------------
+    def open(self) -> list[int]:
+        """Connect and migrate; returns the migration versions applied now."""
+        return self._executor.submit(self._open).result()
+
+    def _open(self) -> list[int]:
+        self.client = connect(self.settings)
+        applied = migrate(self.client, self.settings.clickhouse_database)
+        self.writer = ClickHouseWriter(
+            self.client,
+            database=self.settings.clickhouse_database,
+            on_flush=_on_flush,
+            on_error=_on_error,
+        )
+        return applied
+
+    def close(self) -> None:
+        """Flush what is buffered and close the connection."""
+
+        def _close() -> None:
+            if self.writer is not None:
+                self.writer.close()
+            if self.client is not None:
+                self.client.close()
+
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)
+
+    # -- async API for agents and web views -------------------------------------------------
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the ClickHouse thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def land(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Write rows and flush them; returns only once they are in ClickHouse.
+
+        While ClickHouse is away this keeps retrying (the writer keeps the rows), so the
+        calling agent does not ack its messages: back-pressure instead of loss.
+        """
+        assert self.writer is not None, "Warehouse.open() first"
+        writer = self.writer
+        await self.call(writer.write, table, rows)
+        metrics.SINK_BACKLOG.set(writer.pending_rows)
+        delay = 0.5
+        while True:
+            try:
+                await self.call(writer.flush)
+                break
+            except ClickHouseRejected as exc:
+                # A batch ClickHouse can never accept is a bug, not an outage: retrying
+                # would stall the stream forever. Count it, log it loudly, move on.
+                lost = writer.discard(exc.table)
+                metrics.SINK_REJECTED_ROWS.labels(table=exc.table).inc(len(lost))
+                log.error("ClickHouse rejected %d %s rows: %s", len(lost), exc.table, exc)
+            except ClickHouseUnavailable as exc:
+                log.error(
+                    "ClickHouse unavailable, %d rows held, retrying: %s", writer.pending_rows, exc
+                )
+                metrics.SINK_BACKLOG.set(writer.pending_rows)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        metrics.SINK_BACKLOG.set(writer.pending_rows)
+
+    async def query(self, name: str, params: dict[str, Any] | None = None) -> list[dict]:
+        """Run a named dashboard query."""
+        assert self.client is not None
+        client, db = self.client, self.settings.clickhouse_database
+        return await self.call(lambda: run_query(client, name, params, database=db))
+
+
+def _on_flush(table: str, rows: int, seconds: float) -> None:
+    metrics.SINK_ROWS.labels(table=table).inc(rows)
+    metrics.SINK_FLUSH_SECONDS.labels(table=table).observe(seconds)
+
+
+def _on_error(exc: BaseException) -> None:
+    metrics.SINK_ERRORS.inc()
