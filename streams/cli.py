@@ -187,7 +187,7 @@ def validate(
                 t.add_row(reason, str(n))
             out.print(t)
             for where, reason, err in shown:
-                out.print(f"  {where}: [yellow]{reason}[/] {err}", markup=True, highlight=False)
+                out.print(f"  {where}: [yellow]{reason}[/] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if invalid else 0)
 
 
@@ -212,7 +212,7 @@ def main() -> None:
     try:
         app()
     except (CliError, RuntimeStartError, ClickHouseError) as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

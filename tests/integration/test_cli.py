@@ -1,0 +1,176 @@
+"""The command line as a user meets it: demo end to end, Ctrl-C, validate, clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.runtime import free_port
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "streams.cli"]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPATH_")}
+    return {**env, "TOUCHPATH_DATA_DIR": str(tmp_path / "data"), **extra}
+
+
+def _descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (from /proc, no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_demo_runs_end_to_end_and_counts_match(tmp_path):
+    r = subprocess.run(
+        [*CLI, "demo", "--customers", "300", "--days", "10", "--duration", "0"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all counts match" in r.stdout
+    assert "valid touchpoints" in r.stdout
+
+
+def test_ctrl_c_on_demo_leaves_no_process_behind(tmp_path):
+    log = tmp_path / "demo.out"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen(
+            [*CLI, "demo", "--customers", "300", "--days", "10", "--duration", "60"],
+            env=_env(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while b"produced" not in log.read_bytes():
+            assert demo.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        kids = _descendants(demo.pid)
+        assert len(kids) >= 2, "expected a broker and a worker under the demo"
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        demo.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in kids if _alive(p)], "orphans after Ctrl-C"
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+
+
+def test_validate_counts_simulator_output(tmp_path):
+    out_dir = tmp_path / "sim"
+    r = subprocess.run(
+        [*CLI, "simulate", "--customers", "100", "--days", "10", "--out", str(out_dir)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    manifest = orjson.loads((out_dir / "manifest.json").read_bytes())
+    r = subprocess.run(
+        [*CLI, "validate", str(out_dir / "events.jsonl.gz"), "--json"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1  # the simulator injects malformed records on purpose
+    got = orjson.loads(r.stdout)
+    assert got["valid"] == manifest["events_valid"]
+    assert got["invalid"] == manifest["events_malformed"]
+    assert got["reasons"] == manifest["malformed_by_reason"]
+    # human output names file:line of the first examples
+    r = subprocess.run(
+        [*CLI, "validate", str(out_dir / "events.jsonl.gz")],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert "events.jsonl.gz:" in r.stdout and "invalid" in r.stdout
+
+
+def test_validate_clean_file_exits_zero(tmp_path):
+    f = tmp_path / "ok.jsonl"
+    f.write_text(
+        '{"event_id":"s-1","channel":"store","type":"visit","occurred_at":"2026-03-01T10:00:00Z",'
+        '"identifiers":{"loyalty_id":"L1"}}\n'
+    )
+    r = subprocess.run(
+        [*CLI, "validate", str(f), "--json"], env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert r.returncode == 0
+    assert orjson.loads(r.stdout) == {"valid": 1, "invalid": 0, "reasons": {}}
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "needle"),
+    [
+        (
+            {"TOUCHPATH_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"},
+            ["worker"],
+            "cannot reach Kafka",
+        ),
+        ({"TOUCHPATH_PARTITIONS": "many"}, ["worker"], "TOUCHPATH_PARTITIONS"),
+        ({}, ["validate", "/nonexistent.jsonl"], "no such file"),
+    ],
+)
+def test_expected_failures_are_one_line_and_fast(tmp_path, env, args, needle):
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [*CLI, *args], env=_env(tmp_path, **env), capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_schemas_command_writes_json_schemas(tmp_path):
+    r = subprocess.run(
+        [*CLI, "schemas", "--out", str(tmp_path / "js")],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0
+    names = sorted(p.name for p in (tmp_path / "js").iterdir())
+    assert names == ["customer.schema.json", "dead_letter.schema.json", "touchpoint.schema.json"]
