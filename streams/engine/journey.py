@@ -1,0 +1,495 @@
+"""Per-customer journeys and pain-point detection: the pure heart of touchpath.
+
+A customer's state (:class:`CustomerState`) holds a bounded window of recent steps, the
+open (and recently closed) journeys, rule bookkeeping and the ids already emitted.
+:meth:`JourneyEngine.step` takes one identified event; :meth:`JourneyEngine.advance` moves the
+stream clock (event time minus allowed lateness) and fires timers: absence rules, count
+rules whose window became final, journey closes. Event time is always passed in; nothing
+here reads a clock, does I/O, or imports Faust/Kafka/ClickHouse.
+
+Order independence: every rule's result is a function of the *set* of events it has seen by
+the time the clock passes them, so any arrival order within the allowed lateness gives the
+same pain-point ids — threshold and sequence rules fire eagerly (sequence looks both ways),
+absence and count rules are decided when the clock has passed their window.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.engine.ids import journey_id as make_journey_id
+from streams.engine.ids import pain_point_id
+from streams.engine.rules import Rule, RuleSet
+from streams.engine.score import ScoreWeights, journey_score, pain_penalty, survey_delta
+
+Event = dict[str, Any]
+
+#: Events that reach a goal and complete the journey.
+GOAL_TYPES = {("web", "purchase"), ("store", "purchase"), ("web", "trial_converted")}
+
+
+def is_goal(ev: Event) -> bool:
+    """Purchase, trial converted, or a contact that ended resolved."""
+    ch, ty = ev["channel"], ev["type"]
+    if (ch, ty) in GOAL_TYPES:
+        return True
+    return ev.get("resolved") is True and ty in (
+        "call_ended",
+        "complaint",
+        "service_request",
+        "return",
+    )
+
+
+def iso(ts: float) -> str:
+    """Event time (epoch seconds) as ISO 8601 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Tunables of the journey engine (defaults from design.md)."""
+
+    lateness_seconds: float = 24 * 3600.0
+    inactivity_gap_seconds: float = 72 * 3600.0
+    max_steps: int = 500
+    max_journeys: int = 8
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+
+
+class Step:
+    """One touchpoint in a customer's window."""
+
+    __slots__ = ("channel", "ev", "event_id", "jid", "ts", "type")
+
+    def __init__(self, ts: float, ev: Event, jid: str = "") -> None:
+        self.ts = ts
+        self.ev = ev
+        self.event_id: str = ev["event_id"]
+        self.channel: str = ev["channel"]
+        self.type: str = ev["type"]
+        self.jid = jid
+
+    def sort_key(self) -> tuple[float, str]:
+        return (self.ts, self.event_id)
+
+
+class Journey:
+    """A customer's journey: first contact until a goal or an inactivity gap."""
+
+    __slots__ = (
+        "channels",
+        "end",
+        "feedback",
+        "jid",
+        "outcome",
+        "penalty",
+        "pp",
+        "start",
+        "steps",
+        "version",
+    )
+
+    def __init__(self, jid: str, ts: float) -> None:
+        self.jid = jid
+        self.start = ts
+        self.end = ts
+        self.channels: list[str] = []
+        self.steps = 0
+        self.outcome = "open"
+        self.pp: list[str] = []
+        self.penalty = 0.0
+        self.feedback = 0.0
+        self.version = 0
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.jid,
+            self.start,
+            self.end,
+            self.channels,
+            self.steps,
+            self.outcome,
+            self.pp,
+            self.penalty,
+            self.feedback,
+            self.version,
+        ]
+
+    @classmethod
+    def from_json(cls, d: list[Any]) -> Journey:
+        j = cls(d[0], d[1])
+        (
+            _,
+            j.start,
+            j.end,
+            j.channels,
+            j.steps,
+            j.outcome,
+            j.pp,
+            j.penalty,
+            j.feedback,
+            j.version,
+        ) = d
+        return j
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """Everything the engine remembers about one customer (bounded)."""
+
+    customer_id: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+    seen: dict[str, float] = field(default_factory=dict)
+    fired: dict[str, float] = field(default_factory=dict)
+    count_reset: dict[str, float] = field(default_factory=dict)
+    #: absence timers: (deadline, rule_id, anchor_event_id, anchor_ts)
+    pending: list[tuple[float, str, str, float]] = field(default_factory=list)
+    journeys: list[Journey] = field(default_factory=list)
+    max_ts: float = float("-inf")
+    late: int = 0
+    #: earliest stream-clock time at which `advance` has work (inf: nothing scheduled)
+    due: float = float("inf")
+    #: count windows are decided up to this clock
+    counted_to: float = float("-inf")
+
+    @property
+    def tier(self) -> str:
+        return self.profile.get("tier") or "C"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-able form, for Faust changelogs."""
+        return {
+            "c": self.customer_id,
+            "p": self.profile,
+            "s": [[s.ts, s.ev, s.jid] for s in self.steps],
+            "seen": self.seen,
+            "f": self.fired,
+            "cr": self.count_reset,
+            "pe": self.pending,
+            "j": [j.to_json() for j in self.journeys],
+            "m": self.max_ts if self.max_ts != float("-inf") else None,
+            "l": self.late,
+            "d": self.due if self.due != float("inf") else None,
+            "ct": self.counted_to if self.counted_to != float("-inf") else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CustomerState:
+        return cls(
+            customer_id=d["c"],
+            profile=d.get("p") or {},
+            steps=[Step(ts, ev, jid) for ts, ev, jid in d.get("s", [])],
+            seen=d.get("seen") or {},
+            fired=d.get("f") or {},
+            count_reset=d.get("cr") or {},
+            pending=[tuple(p) for p in d.get("pe", [])],  # type: ignore[misc]
+            journeys=[Journey.from_json(j) for j in d.get("j", [])],
+            max_ts=d["m"] if d.get("m") is not None else float("-inf"),
+            late=d.get("l", 0),
+            due=d["d"] if d.get("d") is not None else float("inf"),
+            counted_to=d["ct"] if d.get("ct") is not None else float("-inf"),
+        )
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What a call to the engine produced."""
+
+    pain_points: list[dict[str, Any]] = field(default_factory=list)
+    journeys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    late: int = 0
+    duplicates: int = 0
+
+
+class JourneyEngine:
+    """Applies one rule set and configuration to customer states."""
+
+    def __init__(self, rules: RuleSet, config: EngineConfig | None = None) -> None:
+        self.rules = rules
+        self.cfg = config or EngineConfig()
+        self.threshold = [r for r in rules.rules if r.kind == "threshold"]
+        self.sequence = [r for r in rules.rules if r.kind == "sequence"]
+        self.absence = [r for r in rules.rules if r.kind == "absence"]
+        self.count = [r for r in rules.rules if r.kind == "count"]
+        self._by_id = {r.id: r for r in rules.rules}
+        windows = [r.within_seconds or 0.0 for r in rules.rules]
+        # Steps must outlive every rule window and the lateness, and a journey's gap.
+        self.horizon = max([*windows, self.cfg.inactivity_gap_seconds]) + self.cfg.lateness_seconds
+
+    # ---------------------------------------------------------------------------------------
+    def step(self, state: CustomerState, ev: Event, ts: float, clock: float, out: Outputs) -> None:
+        """Add one identified event at event time ``ts`` under stream clock ``clock``."""
+        eid = ev["event_id"]
+        if eid in state.seen:
+            out.duplicates += 1
+            return
+        if ts < clock:
+            # Later than the allowed lateness: landed (by ingest) and counted, not evaluated.
+            state.late += 1
+            out.late += 1
+            return
+        state.seen[eid] = ts
+        step = Step(ts, ev)
+        journey = self._assign(state, step, out)
+        steps = state.steps
+        if not steps or step.sort_key() >= steps[-1].sort_key():
+            steps.append(step)
+        else:
+            bisect.insort(steps, step, key=Step.sort_key)
+        if ts > state.max_ts:
+            state.max_ts = ts
+        if ev["channel"] == "sms" and ev["type"] == "reply" and isinstance(ev.get("score"), int):
+            journey.feedback += survey_delta(ev["score"], self.cfg.weights)
+            self._touch(state, journey, out)
+        self._eager_rules(state, step, out)
+        due = journey.end + self.cfg.inactivity_gap_seconds
+        for rule in self.absence:
+            if rule.matches_first(ev):
+                deadline = ts + (rule.within_seconds or 0.0)
+                state.pending.append((deadline, rule.id, eid, ts))
+                due = min(due, deadline)
+        for rule in self.count:
+            if ts < due and rule.matches(ev):
+                due = ts  # the count window is decided once the clock passes this event
+        if due < state.due:
+            state.due = due
+        if len(steps) > self.cfg.max_steps:
+            self._bound(state)
+
+    def advance(self, state: CustomerState, clock: float, out: Outputs) -> float | None:
+        """Fire everything due at stream clock ``clock``; returns the next due time."""
+        if state.pending:
+            due = [p for p in state.pending if p[0] <= clock]
+            if due:
+                state.pending = [p for p in state.pending if p[0] > clock]
+                for p in sorted(due):
+                    self._check_absence(state, p, out)
+        if clock > state.counted_to:
+            for rule in self.count:
+                self._finalize_count(state, rule, clock, out)
+            state.counted_to = clock
+        gap = self.cfg.inactivity_gap_seconds
+        for j in state.journeys:
+            if j.outcome == "open" and j.end + gap <= clock:
+                j.outcome = "abandoned"
+                self._touch(state, j, out)
+        self._prune(state, clock)
+        nxt = self.next_due(state)
+        state.due = float("inf") if nxt is None else nxt
+        return nxt
+
+    def next_due(self, state: CustomerState) -> float | None:
+        """Earliest stream-clock time at which :meth:`advance` has something to do."""
+        due = [p[0] for p in state.pending]
+        gap = self.cfg.inactivity_gap_seconds
+        due.extend(j.end + gap for j in state.journeys if j.outcome == "open")
+        for rule in self.count:
+            for s in state.steps:
+                if s.ts > state.counted_to and rule.matches(s.ev):
+                    due.append(s.ts)
+                    break
+        if state.steps:
+            due.append(state.steps[0].ts + self.horizon)  # pruning
+        return min(due) if due else None
+
+    # --- journeys --------------------------------------------------------------------------
+    def _assign(self, state: CustomerState, step: Step, out: Outputs) -> Journey:
+        gap = self.cfg.inactivity_gap_seconds
+        js = state.journeys
+        target: Journey | None = None
+        for j in reversed(js):
+            if j.start <= step.ts:
+                target = j
+                break
+        if target is None:
+            if js and step.ts >= js[0].start - gap:
+                target = js[0]
+        elif (target.outcome == "completed" and step.ts > target.end) or step.ts > target.end + gap:
+            if target.outcome == "open":
+                target.outcome = "abandoned"
+                self._touch(state, target, out)
+            target = None
+        if target is None:
+            target = Journey(make_journey_id(state.customer_id, step.event_id), step.ts)
+            bisect.insort(js, target, key=lambda j: j.start)
+            if len(js) > self.cfg.max_journeys:
+                del js[0]
+        step.jid = target.jid
+        if step.ts >= target.end:
+            if not target.channels or target.channels[-1] != step.channel:
+                target.channels.append(step.channel)
+            target.end = step.ts
+        else:
+            target.start = min(target.start, step.ts)
+            target.channels = self._channels_of(state, target.jid, step)
+        target.steps += 1
+        if is_goal(step.ev):
+            target.outcome = "completed"
+        self._touch(state, target, out)
+        return target
+
+    @staticmethod
+    def _channels_of(state: CustomerState, jid: str, extra: Step) -> list[str]:
+        steps = sorted([s for s in state.steps if s.jid == jid] + [extra], key=Step.sort_key)
+        chans: list[str] = []
+        for s in steps:
+            if not chans or chans[-1] != s.channel:
+                chans.append(s.channel)
+        return chans
+
+    def _touch(self, state: CustomerState, j: Journey, out: Outputs) -> None:
+        j.version += 1
+        out.journeys[j.jid] = {
+            "journey_id": j.jid,
+            "customer_id": state.customer_id,
+            "tier": state.tier,
+            "started_at": iso(j.start),
+            "ended_at": iso(j.end),
+            "channels": list(j.channels),
+            "steps": j.steps,
+            "outcome": j.outcome,
+            "score": journey_score(j.penalty, j.feedback),
+            "pain_point_ids": list(j.pp),
+            "version": j.version,
+        }
+
+    def _journey(self, state: CustomerState, jid: str) -> Journey | None:
+        for j in state.journeys:
+            if j.jid == jid:
+                return j
+        return None
+
+    # --- rules -----------------------------------------------------------------------------
+    def _eager_rules(self, state: CustomerState, step: Step, out: Outputs) -> None:
+        ev = step.ev
+        for rule in self.threshold:
+            if rule.matches(ev):
+                self._fire(state, rule, step, [step], step.ts, out)
+        for rule in self.sequence:
+            within = rule.within_seconds or 0.0
+            if rule.matches_then(ev):
+                for a in state.steps:
+                    if a.ts > step.ts:
+                        break
+                    if a is not step and step.ts - a.ts <= within and rule.matches_first(a.ev):
+                        self._fire(state, rule, a, [a, step], step.ts, out)
+            if rule.matches_first(ev):
+                for b in state.steps:
+                    if b is step or b.ts < step.ts:
+                        continue
+                    if b.ts - step.ts > within:
+                        break
+                    if rule.matches_then(b.ev):
+                        self._fire(state, rule, step, [step, b], b.ts, out)
+                        break
+
+    def _check_absence(
+        self, state: CustomerState, pending: tuple[float, str, str, float], out: Outputs
+    ) -> None:
+        deadline, rule_id, anchor_id, anchor_ts = pending
+        rule = self._by_id.get(rule_id)
+        if rule is None:
+            return  # rule removed since the timer was set
+        anchor = None
+        for s in state.steps:
+            if s.event_id == anchor_id:
+                anchor = s
+            elif anchor_ts <= s.ts <= deadline and rule.matches_missing(s.ev):
+                return  # the awaited event came in time
+        if anchor is not None:
+            self._fire(state, rule, anchor, [anchor], deadline, out)
+
+    def _finalize_count(self, state: CustomerState, rule: Rule, clock: float, out: Outputs) -> None:
+        reset = state.count_reset.get(rule.id, float("-inf"))
+        need, within = rule.min_count or 1, rule.within_seconds or 0.0
+        window: list[Step] = []
+        for s in state.steps:
+            if s.ts <= reset:
+                continue
+            if s.ts > clock:
+                break
+            if not rule.matches(s.ev):
+                continue
+            window.append(s)
+            while window and window[0].ts <= s.ts - within:
+                window.pop(0)
+            if len(window) >= need:
+                self._fire(state, rule, s, list(window), s.ts, out)
+                reset = s.ts
+                state.count_reset[rule.id] = reset
+                window.clear()
+
+    def _fire(
+        self,
+        state: CustomerState,
+        rule: Rule,
+        anchor: Step,
+        evidence: list[Step],
+        detected_ts: float,
+        out: Outputs,
+    ) -> None:
+        ppid = pain_point_id(rule.id, state.customer_id, anchor.event_id)
+        if ppid in state.fired:
+            return
+        state.fired[ppid] = anchor.ts
+        channels: list[str] = []
+        for s in evidence:
+            if s.channel not in channels:
+                channels.append(s.channel)
+        journey = self._journey(state, anchor.jid)
+        out.pain_points.append(
+            {
+                "pain_point_id": ppid,
+                "rule_id": rule.id,
+                "customer_id": state.customer_id,
+                "journey_id": anchor.jid,
+                "severity": rule.severity,
+                "channels": channels,
+                "anchor_event_id": anchor.event_id,
+                "evidence_event_ids": [s.event_id for s in evidence],
+                "detected_at": iso(detected_ts),
+                "tier": state.tier,
+            }
+        )
+        if journey is not None:
+            journey.pp.append(ppid)
+            journey.penalty += pain_penalty(
+                rule.severity, anchor.channel, state.tier, self.cfg.weights
+            )
+            self._touch(state, journey, out)
+
+    # --- bounds ----------------------------------------------------------------------------
+    def _bound(self, state: CustomerState) -> None:
+        """Hard bound between clock advances: keep the newest ``max_steps`` steps."""
+        limit = self.cfg.max_steps
+        del state.steps[: len(state.steps) - limit]
+        if len(state.seen) > 4 * limit:
+            newest = sorted(state.seen.items(), key=lambda kv: kv[1])[-2 * limit :]
+            state.seen = dict(newest)
+
+    def _prune(self, state: CustomerState, clock: float) -> None:
+        keep_from = clock - self.horizon
+        steps = state.steps
+        # Never drop a step a pending timer or an unfinished count window still needs.
+        floor = min([p[3] for p in state.pending], default=keep_from)
+        cut_ts = min(keep_from, floor)
+        n = 0
+        while n < len(steps) and steps[n].ts < cut_ts:
+            n += 1
+        n = max(n, len(steps) - self.cfg.max_steps)
+        if n > 0:
+            del steps[:n]
+        if len(state.seen) > self.cfg.max_steps * 2 or (steps and n):
+            state.seen = {k: v for k, v in state.seen.items() if v >= cut_ts}
+            state.fired = {k: v for k, v in state.fired.items() if v >= cut_ts}
+        gap = self.cfg.inactivity_gap_seconds
+        state.journeys = [
+            j
+            for j in state.journeys
+            if j.outcome == "open" or j.end + gap + self.cfg.lateness_seconds > clock
+        ]
