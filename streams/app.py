@@ -18,9 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.validation import Validator
 from streams import metrics
-from streams.agents import land
+from streams.agents import journeys, land
 from streams.config import DEV_PII_SECRET, Settings
+from streams.engine_settings import build_engine
 from streams.ingest import Ingestor
+from streams.producer import WorkerProducer
 from streams.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,10 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
         web_port=settings.web_port,
     )
     land.register(app, settings, warehouse)
+    land.register_results(app, settings, warehouse)
+    engine, limits = build_engine(settings)
+    producer = WorkerProducer(bootstrap, settings.kafka_client_config())
+    journeys.register(app, settings, producer, engine, limits)
     app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
 

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         description="Internal topic of validated micro-batches, partitioned by identity key.",
     )
     topic_customers: str = "customers"
+    topic_links: str = Field(
+        default="identity.links", description="Internal: identity links, keyed by identity key."
+    )
+    topic_journey_events: str = Field(
+        default="journey.events", description="Internal: identified events, keyed by customer."
+    )
+    topic_pain_points: str = "pain-points"
+    topic_journeys: str = Field(default="journeys", description="Journey records (micro-batches).")
     partitions: int = Field(default=4, ge=1, description="Partitions of topics touchpath creates.")
     app_id: str = Field(default="touchpath", description="Faust app id / consumer group prefix.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -77,6 +85,22 @@ class Settings(BaseSettings):
     max_string_chars: int = Field(default=8192, ge=16)
     max_depth: int = Field(default=8, ge=2, description="Max JSON nesting depth of a record.")
     max_future_days: float = Field(default=7.0, ge=0)
+
+    # --- journey engine ---------------------------------------------------------------------
+    rules_file: Path | None = Field(
+        default=None, description="Pain-point rules YAML (default: the built-in library)."
+    )
+    lateness_hours: float = Field(default=24.0, ge=0, description="Allowed event lateness.")
+    inactivity_gap_hours: float = Field(default=72.0, gt=0, description="Journey inactivity gap.")
+    max_steps_per_customer: int = Field(default=500, ge=10)
+    max_held_per_identifier: int = Field(default=200, ge=1)
+    max_held_age_days: float = Field(default=7.0, gt=0)
+    idle_advance_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Live mode: a partition idle this long (wall time) has its stream clock "
+        "advanced by the wall time that passed.",
+    )
 
     # --- worker ----------------------------------------------------------------------------
     web_host: str = "127.0.0.1"

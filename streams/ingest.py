@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from streams import metrics
 from streams.config import Settings
 from streams.microbatch import Item, encode
 from streams.partitioning import partition_for
+from streams.watermark import SourceWatermarks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class SplitResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     valid_by_channel: Counter[str] = field(default_factory=Counter)
     dead_by_reason: Counter[str] = field(default_factory=Counter)
+    #: largest valid event time per source ``topic:partition``
+    max_ts: dict[str, float] = field(default_factory=dict)
 
 
 def split_batch(
@@ -98,6 +102,9 @@ def split_batch(
         chunk.append(item)
         open_chunks[part] = (chunk, size + n)
         out.valid_by_channel[result.channel.value] += 1
+        src, ts = f"{rec.topic}:{rec.partition}", result.occurred_at.timestamp()
+        if ts > out.max_ts.get(src, float("-inf")):
+            out.max_ts[src] = ts
     return out
 
 
@@ -154,7 +161,17 @@ class Ingestor:
             }
         )
         self._delivery_errors: list[KafkaError] = []
-        self.consumer.subscribe([self.raw_topic])
+        self.source_id = uuid.uuid4().hex[:12]
+        self.watermarks = SourceWatermarks(
+            idle_after=settings.idle_advance_seconds, follow_wall_time=True
+        )
+        self._sent_wm: dict[int, tuple[float | None, float]] = {}
+        self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        now = time.monotonic()
+        for tp in partitions:
+            self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -165,6 +182,7 @@ class Ingestor:
         n = max_messages or max(self.settings.batch_max_events * 4, 500)
         msgs = self.consumer.consume(n, timeout or self.settings.batch_max_ms / 1000)
         if not msgs:
+            self._heartbeat(min_interval=1.0)
             return 0
         started = time.perf_counter()
         records: list[RawRecord] = []
@@ -193,16 +211,41 @@ class Ingestor:
             time.sleep(0.5)
             return 0
         self._commit(records)
+        self._heartbeat(min_interval=0.1)
         self._count(result, len(records))
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(records)
 
+    def _watermark(self) -> float | None:
+        wm = self.watermarks.value(time.monotonic())
+        return None if wm == float("-inf") else wm
+
+    def _heartbeat(self, min_interval: float) -> None:
+        """Tell every downstream partition how far event time has progressed."""
+        wm = self._watermark()
+        now = time.monotonic()
+        at = datetime.now(UTC).isoformat()
+        sent = False
+        for part in range(self.settings.partitions):
+            last_wm, last_at = self._sent_wm.get(part, (None, 0.0))
+            if wm != last_wm and now - last_at >= min_interval:
+                self._produce(self.valid_topic, encode([], at, wm, self.source_id), None, part)
+                self._sent_wm[part] = (wm, now)
+                sent = True
+        if sent:
+            self.producer.flush(10)
+
     def _send(self, result: SplitResult) -> None:
         self._delivery_errors.clear()
+        now = time.monotonic()
+        for src, ts in result.max_ts.items():
+            self.watermarks.observe(src, ts, now)
+        wm = self._watermark()
         at = datetime.now(UTC).isoformat()
         for part, chunks in result.batches.items():
             for chunk in chunks:
-                self._produce(self.valid_topic, encode(chunk, at), None, part)
+                self._produce(self.valid_topic, encode(chunk, at, wm, self.source_id), None, part)
+            self._sent_wm[part] = (wm, now)
         for dl in result.dead_letters:
             self._produce(self.dlq_topic, dl.model_dump_json().encode(), dl.dead_letter_id.encode())
         remaining = self.producer.flush(30)

@@ -74,3 +74,25 @@ WORKER_READY = Gauge(
     "1 once the worker has started all its services.",
     registry=REGISTRY,
 )
+
+IDENTITY_EXPIRED = Counter(
+    "touchpath_identity_expired_total",
+    "Anonymous events released unidentified (buffer count or age bound reached).",
+    registry=REGISTRY,
+)
+PAIN_POINTS = Counter(
+    "touchpath_pain_points_total",
+    "Pain points detected, per rule.",
+    ["rule"],
+    registry=REGISTRY,
+)
+EVENTS_LATE = Counter(
+    "touchpath_events_late_total",
+    "Events later than the allowed lateness: landed, not evaluated.",
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "touchpath_events_duplicate_total",
+    "Events seen twice (same event_id), processed once.",
+    registry=REGISTRY,
+)

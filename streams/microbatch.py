@@ -23,9 +23,13 @@ class Item(TypedDict):
     o: int
 
 
-def encode(items: list[Item], ingested_at: str) -> bytes:
-    """Serialize one micro-batch."""
-    return orjson.dumps({"v": MICROBATCH_VERSION, "at": ingested_at, "items": items})
+def encode(
+    items: list[Item], ingested_at: str, watermark: float | None = None, source: str = ""
+) -> bytes:
+    """Serialize one micro-batch; ``watermark``/``source`` carry event-time progress."""
+    return orjson.dumps(
+        {"v": MICROBATCH_VERSION, "at": ingested_at, "items": items, "wm": watermark, "src": source}
+    )
 
 
 def decode(value: bytes) -> tuple[str, list[Item]]:

@@ -23,6 +23,10 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         (settings.topic(settings.topic_valid), n, {}),
         (settings.topic(settings.topic_dlq), n, {}),
         (settings.topic(settings.topic_customers), n, {"cleanup.policy": "compact"}),
+        (settings.topic(settings.topic_links), n, {}),
+        (settings.topic(settings.topic_journey_events), n, {}),
+        (settings.topic(settings.topic_pain_points), n, {}),
+        (settings.topic(settings.topic_journeys), n, {}),
     ]
 
 

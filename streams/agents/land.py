@@ -7,7 +7,8 @@ the loop body has run, so offsets are committed after the rows are in ClickHouse
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from functools import partial
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -89,3 +90,66 @@ def register(app: faust.App, settings: Settings, warehouse: Warehouse) -> None:
                     log.exception("undecodable dead letter skipped (%d bytes)", len(value))
             if rows:
                 await warehouse.land("dead_letters", rows)
+
+
+def pain_point_row(value: bytes, landed_at: datetime) -> dict[str, Any]:
+    """ClickHouse row of one pain-point message."""
+    pp = orjson.loads(value)
+    return {**pp, "detected_at": datetime.fromisoformat(pp["detected_at"]), "landed_at": landed_at}
+
+
+def _one_pain_point(value: bytes, landed_at: datetime) -> list[dict[str, Any]]:
+    return [pain_point_row(value, landed_at)]
+
+
+def journey_rows(value: bytes) -> list[dict[str, Any]]:
+    """ClickHouse rows of one journeys micro-batch message."""
+    rows = []
+    for j in orjson.loads(value)["journeys"]:
+        rows.append(
+            {
+                **j,
+                "started_at": datetime.fromisoformat(j["started_at"]),
+                "ended_at": datetime.fromisoformat(j["ended_at"]),
+                "updated_at": datetime.fromisoformat(j["updated_at"]),
+            }
+        )
+    return rows
+
+
+def register_results(app: faust.App, settings: Settings, warehouse: Warehouse) -> None:
+    """Landing agents for the journey stage's outputs: pain points and journeys."""
+    pains = app.topic(
+        settings.topic(settings.topic_pain_points), value_serializer="raw", key_serializer="raw"
+    )
+    journeys = app.topic(
+        settings.topic(settings.topic_journeys), value_serializer="raw", key_serializer="raw"
+    )
+
+    @app.agent(pains, name="land-pain-points")
+    async def land_pain_points(stream: faust.StreamT[bytes]) -> None:
+        async for values in stream.take(500, within=0.5):
+            landed_at = datetime.now(UTC)
+            rows = _decode_all(
+                values, partial(_one_pain_point, landed_at=landed_at), "land-pain-points"
+            )
+            if rows:
+                await warehouse.land("pain_points", rows)
+
+    @app.agent(journeys, name="land-journeys")
+    async def land_journeys(stream: faust.StreamT[bytes]) -> None:
+        async for values in stream.take(50, within=0.5):
+            rows = _decode_all(values, journey_rows, "land-journeys")
+            if rows:
+                await warehouse.land("journeys", rows)
+
+
+def _decode_all(values: list[bytes], decode: Any, agent: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for value in values:
+        try:
+            rows.extend(decode(value))
+        except Exception:  # a corrupt message must not kill the agent; counted and logged
+            metrics.AGENT_ERRORS.labels(agent=agent).inc()
+            log.exception("undecodable message skipped on %s (%d bytes)", agent, len(value))
+    return rows

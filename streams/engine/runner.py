@@ -8,7 +8,6 @@ time comes from the events; nothing reads a clock.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,14 +23,9 @@ from streams.engine.identity import (
 )
 from streams.engine.journey import CustomerState, EngineConfig, JourneyEngine, Outputs
 from streams.engine.rules import RuleSet
-from streams.partitioning import partition_for
+from streams.engine.stage import JourneyStage
 
 Event = dict[str, Any]
-
-
-def customer_key(customer_id: str) -> bytes:
-    """Kafka key of a customer on the journey stage (also its partition)."""
-    return f"customer_id:{customer_id}".encode()
 
 
 @dataclass
@@ -44,7 +38,12 @@ class RunStats:
 
 
 class Runner:
-    """Identity + journey engine over many customers, with per-partition clocks."""
+    """Identity + journey stage over a whole log, in-process.
+
+    The stream clock is the largest event time seen so far minus the allowed lateness —
+    what the live worker's watermarks converge to on time-ordered input — and is the same
+    for every partition, as the live low watermark is.
+    """
 
     def __init__(
         self,
@@ -60,9 +59,8 @@ class Runner:
         self.partitions = partitions
         self.keys: dict[str, KeyState] = {}
         self.customers: dict[str, CustomerState] = {}
-        self.clocks = [float("-inf")] * partitions
-        self._timers: list[list[tuple[float, str]]] = [[] for _ in range(partitions)]
-        self._scheduled: dict[str, float] = {}
+        self.stage = JourneyStage(self.engine, partitions, self._customer)
+        self.clock = float("-inf")
         self.out = Outputs()
         self.stats = RunStats()
 
@@ -70,9 +68,7 @@ class Runner:
     def load_profile(self, profile: dict[str, Any]) -> None:
         """A CRM profile (PII already hashed): links its identifiers, sets tier etc."""
         cid = profile["customer_id"]
-        self._customer(cid).profile = {
-            k: profile.get(k) for k in ("tier", "timezone", "consents", "birthday")
-        }
+        self.stage.profile(cid, profile)
         links = profile_links(profile)
         if links is not None:
             for key in links.keys:
@@ -86,12 +82,12 @@ class Runner:
             for k in links.keys:
                 self._resolved(apply_link(self._key(k), links.customer_id))
         self._resolved(io)
+        self._advance(ts - self.cfg.lateness_seconds)
 
     def finish(self, until: float | None = None) -> Outputs:
         """End of input: the clock stays where the events left it (or moves to ``until``)."""
         if until is not None:
-            for p in range(self.partitions):
-                self._advance(p, max(self.clocks[p], until))
+            self._advance(until)
         for ks in self.keys.values():
             if ks.held:
                 self.stats.held_expired += len(ks.held)
@@ -113,39 +109,21 @@ class Runner:
     def _resolved(self, io: IdentityOutput) -> None:
         self.stats.held_expired += len(io.expired)
         for r in sorted(io.resolved, key=lambda r: (r.ts, r.event["event_id"])):
-            self._journey_step(r.customer_id, r.event, r.ts)
-
-    def _journey_step(self, cid: str, ev: Event, ts: float) -> None:
-        p = partition_for(customer_key(cid), self.partitions)
-        clock = max(self.clocks[p], ts - self.cfg.lateness_seconds)
-        st = self._customer(cid)
-        before = (len(self.out.pain_points), self.out.late, self.out.duplicates)
-        self.engine.step(st, ev, ts, self.clocks[p], self.out)
-        self._count(before)
-        self._schedule(p, cid, st.due)
-        if clock > self.clocks[p]:
-            self._advance(p, clock)
-
-    def _schedule(self, p: int, cid: str, due: float) -> None:
-        if due < self._scheduled.get(cid, float("inf")):
-            self._scheduled[cid] = due
-            heapq.heappush(self._timers[p], (due, cid))
-
-    def _advance(self, p: int, clock: float) -> None:
-        self.clocks[p] = clock
-        heap = self._timers[p]
-        while heap and heap[0][0] <= clock:
-            due, cid = heapq.heappop(heap)
-            if self._scheduled.get(cid) != due:
-                continue  # superseded by an earlier timer
-            del self._scheduled[cid]
-            st = self.customers[cid]
-            before = (len(self.out.pain_points), self.out.late, self.out.duplicates)
-            nxt = self.engine.advance(st, clock, self.out)
+            before = self._mark()
+            self.stage.step(r.customer_id, r.event, r.ts, self.out)
             self._count(before)
-            if nxt is not None:
-                # Never re-arm at or before the current clock: that would spin.
-                self._schedule(p, cid, max(nxt, clock + 1e-3))
+
+    def _advance(self, clock: float) -> None:
+        if clock <= self.clock:
+            return
+        self.clock = clock
+        before = self._mark()
+        for p in range(self.partitions):
+            self.stage.advance(p, clock, self.out)
+        self._count(before)
+
+    def _mark(self) -> tuple[int, int, int]:
+        return (len(self.out.pain_points), self.out.late, self.out.duplicates)
 
     def _count(self, before: tuple[int, int, int]) -> None:
         n_pp, late, dup = before

@@ -1,0 +1,288 @@
+"""Identity and journey agents: thin glue around the pure engine.
+
+``identify`` (keyed by identity key) reads validated micro-batches and identity links,
+resolves each event to a customer (holding anonymous ones), and forwards identified events
+as micro-batches keyed by customer. ``profiles`` turns the CRM feed into links and profile
+updates. ``journey`` (keyed by customer) runs :class:`JourneyStage`: journeys, rules,
+scores, timers; it emits pain points and journey records.
+
+Every agent folds a batch in local dicts, writes each touched key to its table once,
+sends its outputs, flushes (outputs, changelogs, markers) and only then lets the batch be
+acked — so Faust commits source offsets after state and outputs are durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from pydantic import ValidationError
+
+from schemas.customer import CustomerProfile
+from schemas.pii import PiiHasher
+from streams import metrics
+from streams.agents.state import FastTable, fast_table, live_items
+from streams.config import Settings
+from streams.engine.identity import (
+    IdentityLimits,
+    IdentityOutput,
+    KeyState,
+    apply_link,
+    customer_of_key,
+    observe_event,
+    profile_links,
+)
+from streams.engine.journey import CustomerState, JourneyEngine, Outputs
+from streams.engine.stage import JourneyStage, customer_key
+from streams.partitioning import partition_for
+from streams.producer import WorkerProducer
+from streams.watermark import SourceWatermarks
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 500
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+class _Outbox:
+    """Outputs of one batch grouped by target partition, sent as micro-batches."""
+
+    def __init__(self, producer: WorkerProducer, partitions: int) -> None:
+        self.producer = producer
+        self.partitions = partitions
+        self.parts: dict[tuple[str, int], list[Any]] = defaultdict(list)
+
+    def add(self, topic: str, key: bytes, item: Any) -> None:
+        self.parts[(topic, partition_for(key, self.partitions))].append(item)
+
+    def send(self, field: str) -> None:
+        for (topic, part), items in self.parts.items():
+            for i in range(0, len(items), MAX_ITEMS):
+                value = orjson.dumps({field: items[i : i + MAX_ITEMS]})
+                self.producer.produce(topic, value, None, part)
+        self.parts.clear()
+
+
+def register(
+    app: faust.App,
+    settings: Settings,
+    producer: WorkerProducer,
+    engine: JourneyEngine,
+    limits: IdentityLimits,
+) -> None:
+    """Declare tables and agents of the identity and journey stages on ``app``."""
+    n = settings.partitions
+    t_valid = settings.topic(settings.topic_valid)
+    t_links = settings.topic(settings.topic_links)
+    t_events = settings.topic(settings.topic_journey_events)
+    t_pains = settings.topic(settings.topic_pain_points)
+    t_journeys = settings.topic(settings.topic_journeys)
+    hasher = PiiHasher(settings.pii_secret.get_secret_value())
+
+    identity: FastTable = fast_table(app, "identity", producer, "identity key -> customer, held")
+    customers: FastTable = fast_table(app, "customers", producer, "customer -> journey state")
+
+    def load_customer(cid: str) -> CustomerState:
+        raw = customers.get(customer_key(cid))
+        return CustomerState.from_json(orjson.loads(raw)) if raw else CustomerState(cid)
+
+    stage = JourneyStage(engine, n, load_customer)
+    ready_parts: set[int] = set()
+    # per journey partition: watermark over the identify partitions feeding it
+    journey_wms: dict[int, SourceWatermarks] = {}
+
+    def emit_identity(io: IdentityOutput, events: _Outbox, links: _Outbox) -> None:
+        for r in io.resolved:
+            item = {"c": r.customer_id, "ts": r.ts, "ev": r.event}
+            events.add(t_events, customer_key(r.customer_id), item)
+        for ln in io.links:
+            for k in ln.keys:
+                links.add(t_links, k.encode(), [k, ln.customer_id])
+        if io.expired:
+            metrics.IDENTITY_EXPIRED.inc(len(io.expired))
+
+    # --- identify --------------------------------------------------------------------------
+    # Event-time progress of each identify partition q: what ingest promised on q, and what
+    # every identify partition q' promised on the links topic (a link is caused by an event
+    # on q', so once q' is past W no link for an event before W can still be in flight).
+    ingest_wms: dict[int, SourceWatermarks] = defaultdict(lambda: SourceWatermarks(idle_after=60))
+    link_wms: dict[int, SourceWatermarks] = {}
+    sent_links_wm: dict[int, float] = {}
+    sent_journey_wm: dict[int, float] = {}
+
+    def link_wm(q: int, now: float) -> SourceWatermarks:
+        wms = link_wms.get(q)
+        if wms is None:
+            wms = link_wms[q] = SourceWatermarks(idle_after=60)
+            for src in range(n):
+                wms.touch(str(src), now)
+        return wms
+
+    def forward_watermarks(sources: set[int], now: float) -> None:
+        neg = float("-inf")
+        for q in sorted(sources):
+            iw = ingest_wms[q].value(now)
+            if iw > sent_links_wm.get(q, neg):
+                sent_links_wm[q] = iw
+                msg = orjson.dumps({"links": [], "wm": iw, "src": q})
+                for part in range(n):
+                    producer.produce(t_links, msg, None, part)
+            out = min(iw, link_wm(q, now).value(now))
+            if out > sent_journey_wm.get(q, neg):
+                sent_journey_wm[q] = out
+                msg = orjson.dumps({"items": [], "wm": out, "src": q})
+                for part in range(n):
+                    producer.produce(t_events, msg, None, part)
+
+    @app.agent(
+        app.topic(t_valid, t_links, value_serializer="raw", key_serializer="raw"), name="identify"
+    )
+    async def identify(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(50, within=0.05):
+            try:
+                await _identify_batch(batch)
+            except Exception:
+                metrics.AGENT_ERRORS.labels(agent="identify").inc()
+                log.exception("identify batch failed")
+                raise
+
+    async def _identify_batch(batch: list[Any]) -> None:
+        states: dict[str, KeyState] = {}
+
+        def key_state(key: str) -> KeyState:
+            st = states.get(key)
+            if st is None:
+                raw = identity.get(key.encode())
+                st = states[key] = KeyState.from_json(orjson.loads(raw)) if raw else KeyState()
+            return st
+
+        events, links = _Outbox(producer, n), _Outbox(producer, n)
+        now = time.monotonic()
+        sources: set[int] = set()
+        for event in batch:
+            obj = orjson.loads(event.value)
+            q = event.message.partition
+            if "links" in obj:
+                for key, cid in obj["links"]:
+                    emit_identity(apply_link(key_state(key), cid), events, links)
+                if obj.get("wm") is not None:
+                    link_wm(q, now).observe(str(obj["src"]), obj["wm"], now)
+                    sources.add(q)
+                continue
+            for item in obj["items"]:
+                key, tp = item["k"], item["tp"]
+                st = KeyState() if customer_of_key(key) else key_state(key)
+                emit_identity(
+                    observe_event(st, key, _ts(tp["occurred_at"]), tp, limits), events, links
+                )
+            if obj.get("wm") is not None:
+                ingest_wms[q].observe(obj.get("src", ""), obj["wm"], now)
+                sources.add(q)
+        for key, st in states.items():
+            identity[key.encode()] = orjson.dumps(st.to_json())
+        events.send("items")
+        links.send("links")
+        # Progress goes out after the events it covers: downstream applies a watermark
+        # only to what follows it in the partition.
+        forward_watermarks(sources, now)
+        await producer.flush()
+
+    # --- profiles (CRM feed) ---------------------------------------------------------------
+    @app.agent(
+        app.topic(
+            settings.topic(settings.topic_customers), value_serializer="raw", key_serializer="raw"
+        ),
+        name="profiles",
+    )
+    async def profiles(stream: faust.StreamT[bytes]) -> None:
+        async for values in stream.take(500, within=0.2):
+            events, links = _Outbox(producer, n), _Outbox(producer, n)
+            for value in values:
+                try:
+                    p = CustomerProfile.model_validate_json(value, context={"hasher": hasher})
+                except ValidationError as exc:
+                    metrics.AGENT_ERRORS.labels(agent="profiles").inc()
+                    log.warning("invalid customer profile skipped: %s", exc.errors()[0]["msg"])
+                    continue
+                prof = p.model_dump(mode="json")
+                events.add(
+                    t_events, customer_key(p.customer_id), {"c": p.customer_id, "profile": prof}
+                )
+                pl = profile_links(prof)
+                if pl is not None:
+                    for k in pl.keys:
+                        links.add(t_links, k.encode(), [k, p.customer_id])
+            events.send("items")
+            links.send("links")
+            await producer.flush()
+
+    # --- journey ---------------------------------------------------------------------------
+    def ensure_partition(p: int) -> None:
+        if p in ready_parts:
+            return
+        # After (re)assignment: rebuild this partition's clock and timers from the table.
+        states = [
+            CustomerState.from_json(orjson.loads(v))
+            for _, v in live_items(customers, lambda k: partition_for(k, n), p)
+        ]
+        stage.rebuild(p, states)
+        ready_parts.add(p)
+
+    async def publish(out: Outputs) -> None:
+        for st in stage.release():
+            customers[customer_key(st.customer_id)] = orjson.dumps(st.to_json())
+        now = datetime.now(UTC).isoformat()
+        for pp in out.pain_points:
+            key = customer_key(pp["customer_id"])
+            producer.produce(t_pains, orjson.dumps(pp), key, partition_for(key, n))
+            metrics.PAIN_POINTS.labels(rule=pp["rule_id"]).inc()
+        box = _Outbox(producer, n)
+        for j in out.journeys.values():
+            box.add(t_journeys, customer_key(j["customer_id"]), {**j, "updated_at": now})
+        box.send("journeys")
+        if out.late:
+            metrics.EVENTS_LATE.inc(out.late)
+        if out.duplicates:
+            metrics.EVENTS_DUPLICATE.inc(out.duplicates)
+        await producer.flush()
+
+    @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
+    async def journey(stream: faust.StreamT[bytes]) -> None:
+        lateness = engine.cfg.lateness_seconds
+        async for batch in stream.take_events(50, within=0.05):
+            out = Outputs()
+            now = time.monotonic()
+            for event in batch:
+                p = event.message.partition
+                ensure_partition(p)
+                obj = orjson.loads(event.value)
+                for item in obj["items"]:
+                    if "profile" in item:
+                        stage.profile(item["c"], item["profile"])
+                    else:
+                        stage.step(item["c"], item["ev"], item["ts"], out)
+                if obj.get("wm") is not None:
+                    wms = journey_wms.get(p)
+                    if wms is None:
+                        wms = journey_wms[p] = SourceWatermarks(idle_after=60.0)
+                        for q in range(n):
+                            wms.touch(str(q), now)
+                    wms.observe(str(obj["src"]), obj["wm"], now)
+                    stage.advance(p, wms.value(now) - lateness, out)
+            await publish(out)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        for tp in revoked:
+            if tp.topic == t_events:
+                stage.forget(tp.partition)
+                ready_parts.discard(tp.partition)
+                journey_wms.pop(tp.partition, None)

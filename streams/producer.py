@@ -1,0 +1,103 @@
+"""One confluent-kafka producer per worker for agent outputs and table changelogs.
+
+Faust's own producer path costs ~70–80 µs per record (design.md, Throughput design); agents
+here send micro-batches and changelog records through librdkafka instead, and flush them
+before their source messages are acked (so before Faust commits the source offsets).
+
+The embedded broker (Tansu 0.6) reports a partition's high watermark as the base offset of
+its *last record batch* + 1, so Faust's changelog recovery, which reads "up to the high
+watermark", would miss the tail of the last batch. :meth:`WorkerProducer.flush` therefore
+closes every flush with a single-record marker batch on each changelog partition it wrote:
+the marker is a delete of a key no table uses, which recovery applies harmlessly, and the
+high watermark is then exact on Tansu and Apache Kafka alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streams.partitioning import partition_for
+
+log = logging.getLogger(__name__)
+
+#: Key of the end-of-flush marker record (a delete; no table ever holds this key).
+MARKER_KEY = b"__touchpath_flush_marker__"
+
+
+class WorkerProducer:
+    """Produce outputs and changelog records; flush durably with changelog markers."""
+
+    def __init__(self, bootstrap: str, client_config: dict[str, Any] | None = None) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                **(client_config or {}),
+                "linger.ms": 5,
+                "acks": "all",
+                "message.max.bytes": 1_000_000,
+            }
+        )
+        self._errors: list[KafkaError] = []
+        self._changelog_parts: set[tuple[str, int]] = set()
+        self._lock = asyncio.Lock()
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queue one record (an explicit partition, or murmur2 of the key as Faust does)."""
+        if partition is None and key is not None:
+            raise ValueError("give an explicit partition: confluent's partitioner is not Faust's")
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def changelog(self, topic: str, partitions: int, key: bytes, value: bytes | None) -> int:
+        """Queue a changelog record on the partition Faust's partitioner gives ``key``."""
+        part = partition_for(key, partitions)
+        self.produce(topic, value, key, part)
+        self._changelog_parts.add((topic, part))
+        return part
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Deliver everything queued, then the changelog markers; raise if anything failed."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._flush_blocking, timeout)
+
+    def _flush_blocking(self, timeout: float) -> None:
+        self._deliver(timeout)
+        if self._changelog_parts:
+            parts, self._changelog_parts = self._changelog_parts, set()
+            for topic, part in sorted(parts):
+                self._producer.produce(
+                    topic, None, MARKER_KEY, partition=part, on_delivery=self._on_delivery
+                )
+            # Each marker is alone in its partition's batch: the flush above emptied them.
+            self._deliver(timeout)
+
+    def _deliver(self, timeout: float) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise KafkaException(f"{remaining} records not delivered within {timeout:.0f} s")
+        if self._errors:
+            err, self._errors = self._errors[0], []
+            raise KafkaException(err)
+
+    def close(self) -> None:
+        self._producer.flush(10)

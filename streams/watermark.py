@@ -1,0 +1,73 @@
+"""Event-time watermarks: how far the input has certainly progressed.
+
+A stage that merges several partitions must not let the fastest one drive its stream
+clock, or a backlog read partition by partition (a replay, a restart) turns every event of
+the slower partitions "late". So, as Flink and Kafka Streams do, progress flows with the
+data: ingest publishes a *low watermark* (the minimum, over its source partitions, of the
+largest event time each has delivered; partitions idle for a while stop holding it back)
+in every micro-batch, each stage forwards the minimum over what it receives, and the
+journey stage's stream clock is that watermark minus the allowed lateness. Pure; wall
+time is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class SourceWatermarks:
+    """Low watermark over named inputs (partitions or upstream instances).
+
+    ``observe(src, ts, now)`` records progress; inputs silent for ``idle_after`` seconds of
+    wall time stop holding the watermark back (they have nothing in flight); when every
+    input is idle the watermark also follows wall time, so timers fire on a quiet system.
+    The result never goes backwards.
+    """
+
+    idle_after: float = 30.0
+    follow_wall_time: bool = False
+    expected: set[str] = field(default_factory=set)
+    _max: dict[str, float] = field(default_factory=dict)
+    _seen_at: dict[str, float] = field(default_factory=dict)
+    _last_data: float = NEG_INF
+    _value: float = NEG_INF
+
+    def observe(self, src: str, ts: float, now: float) -> None:
+        """Input ``src`` delivered (or promised) event time ``ts`` at wall time ``now``."""
+        if ts > self._max.get(src, NEG_INF):
+            self._max[src] = ts
+        self._seen_at[src] = now
+        self._last_data = now
+
+    def touch(self, src: str, now: float) -> None:
+        """Input ``src`` is alive (assigned) even if it delivered nothing yet."""
+        self._seen_at.setdefault(src, now)
+        self.expected.add(src)
+
+    def forget(self, src: str) -> None:
+        """Input ``src`` is gone (revoked, or an upstream instance left)."""
+        self._max.pop(src, None)
+        self._seen_at.pop(src, None)
+        self.expected.discard(src)
+
+    def value(self, now: float) -> float:
+        """The current low watermark (``-inf`` until every active input has progressed)."""
+        active = [
+            s
+            for s in (self.expected | self._max.keys())
+            if now - self._seen_at.get(s, now) < self.idle_after
+        ]
+        if active:
+            wm = min(self._max.get(s, NEG_INF) for s in active)
+        elif self._max:
+            wm = max(self._max.values())
+            if self.follow_wall_time and self._last_data != NEG_INF:
+                wm += max(0.0, now - self._last_data - self.idle_after)
+        else:
+            wm = NEG_INF
+        if wm > self._value:
+            self._value = wm
+        return self._value
