@@ -61,6 +61,66 @@ TABLES: dict[str, TableSpec] = {
             ),
             identity=("dead_letter_id",),
         ),
+        TableSpec(
+            name="journeys",
+            columns=(
+                "journey_id",
+                "customer_id",
+                "tier",
+                "started_at",
+                "ended_at",
+                "channels",
+                "steps",
+                "outcome",
+                "score",
+                "pain_point_ids",
+                "version",
+                "updated_at",
+            ),
+            # a journey is re-emitted as it grows: each version is a different row
+            identity=("journey_id", "version"),
+        ),
+        TableSpec(
+            name="pain_points",
+            columns=(
+                "pain_point_id",
+                "rule_id",
+                "customer_id",
+                "journey_id",
+                "severity",
+                "channels",
+                "anchor_event_id",
+                "evidence_event_ids",
+                "detected_at",
+                "landed_at",
+            ),
+            identity=("pain_point_id",),
+        ),
+        TableSpec(
+            name="identity_links",
+            columns=("identity_key", "customer_id", "linked_at", "landed_at"),
+            identity=("identity_key", "customer_id"),
+        ),
+        TableSpec(
+            name="care_actions",
+            columns=(
+                "action_id",
+                "pain_point_id",
+                "customer_id",
+                "rule_id",
+                "kind",
+                "template",
+                "priority",
+                "channel",
+                "status",
+                "reason",
+                "decided_at",
+                "recorded_at",
+                "attempt",
+            ),
+            # one row per action per status; a later delivery attempt (same status) is new
+            identity=("action_id", "status", "attempt"),
+        ),
     )
 }
 
