@@ -11,6 +11,13 @@ Order independence: every rule's result is a function of the *set* of events it 
 the time the clock passes them, so any arrival order within the allowed lateness gives the
 same pain-point ids — threshold and sequence rules fire eagerly (sequence looks both ways),
 absence and count rules are decided when the clock has passed their window.
+
+Boundaries (pinned by tests/unit/test_engine.py): an event is late when ``ts < clock``, so
+one exactly ``lateness`` behind the newest is still on time, and a time ``t`` is decided
+only once ``clock > t``. Sequence and absence windows are inclusive
+(``a.ts <= b.ts <= a.ts + within``); a count window ending at event ``e`` is
+``(e.ts - within, e.ts]``; a journey closes when the inactivity gap is exceeded (an event
+exactly ``gap`` after the last one continues it).
 """
 
 from __future__ import annotations
@@ -154,7 +161,7 @@ class CustomerState:
     late: int = 0
     #: earliest stream-clock time at which `advance` has work (inf: nothing scheduled)
     due: float = float("inf")
-    #: count windows are decided up to this clock
+    #: count windows are decided for the steps before this clock
     counted_to: float = float("-inf")
 
     @property
@@ -262,11 +269,17 @@ class JourneyEngine:
             self._bound(state)
 
     def advance(self, state: CustomerState, clock: float, out: Outputs) -> float | None:
-        """Fire everything due at stream clock ``clock``; returns the next due time."""
+        """Fire everything the stream clock ``clock`` has passed; returns the next due time.
+
+        Time ``t`` is final only once ``clock > t``: an event at exactly the clock is still
+        on time (:meth:`step` rejects ``ts < clock`` only), so a deadline, count window or
+        journey gap ending at ``t`` is decided strictly after it. Called at ``clock == due``
+        it does nothing yet and returns ``due`` again (callers re-arm just past the clock).
+        """
         if state.pending:
-            due = [p for p in state.pending if p[0] <= clock]
+            due = [p for p in state.pending if p[0] < clock]
             if due:
-                state.pending = [p for p in state.pending if p[0] > clock]
+                state.pending = [p for p in state.pending if p[0] >= clock]
                 for p in sorted(due):
                     self._check_absence(state, p, out)
         if clock > state.counted_to:
@@ -275,7 +288,7 @@ class JourneyEngine:
             state.counted_to = clock
         gap = self.cfg.inactivity_gap_seconds
         for j in state.journeys:
-            if j.outcome == "open" and j.end + gap <= clock:
+            if j.outcome == "open" and j.end + gap < clock:
                 j.outcome = "abandoned"
                 self._touch(state, j, out)
         self._prune(state, clock)
@@ -290,7 +303,7 @@ class JourneyEngine:
         due.extend(j.end + gap for j in state.journeys if j.outcome == "open")
         for rule in self.count:
             for s in state.steps:
-                if s.ts > state.counted_to and rule.matches(s.ev):
+                if s.ts >= state.counted_to and rule.matches(s.ev):
                     due.append(s.ts)
                     break
         if state.steps:
@@ -318,11 +331,13 @@ class JourneyEngine:
             target = Journey(make_journey_id(state.customer_id, step.event_id), step.ts)
             bisect.insort(js, target, key=lambda j: j.start)
             if len(js) > self.cfg.max_journeys:
-                del js[0]
+                self._drop_journey(state, keep=target)
         step.jid = target.jid
         if step.ts >= target.end:
             if not target.channels or target.channels[-1] != step.channel:
                 target.channels.append(step.channel)
+                if len(target.channels) > self.cfg.max_steps:
+                    del target.channels[0]  # bounded: the most recent part of the path
             target.end = step.ts
         else:
             target.start = min(target.start, step.ts)
@@ -332,6 +347,23 @@ class JourneyEngine:
             target.outcome = "completed"
         self._touch(state, target, out)
         return target
+
+    def _drop_journey(self, state: CustomerState, keep: Journey) -> None:
+        """Over ``max_journeys``: forget the oldest closed journey that no absence timer still
+        points into (its pain point must land on it), else the oldest other one."""
+        js = state.journeys
+        waiting = self._waiting_journeys(state)
+        others = [i for i, j in enumerate(js) if j is not keep]
+        idle = [i for i in others if js[i].outcome != "open" and js[i].jid not in waiting]
+        del js[(idle or others)[0]]
+
+    @staticmethod
+    def _waiting_journeys(state: CustomerState) -> set[str]:
+        """Journeys holding the anchor of a pending absence timer."""
+        if not state.pending:
+            return set()
+        anchors = {p[2] for p in state.pending}
+        return {s.jid for s in state.steps if s.event_id in anchors}
 
     @staticmethod
     def _channels_of(state: CustomerState, jid: str, extra: Step) -> list[str]:
@@ -411,7 +443,7 @@ class JourneyEngine:
         for s in state.steps:
             if s.ts <= reset:
                 continue
-            if s.ts > clock:
+            if s.ts >= clock:
                 break
             if not rule.matches(s.ev):
                 continue
@@ -458,6 +490,8 @@ class JourneyEngine:
         )
         if journey is not None:
             journey.pp.append(ppid)
+            if len(journey.pp) > self.cfg.max_steps:
+                del journey.pp[0]  # bounded: the most recent ids (all are in pain_points)
             journey.penalty += pain_penalty(
                 rule.severity, anchor.channel, state.tier, self.cfg.weights
             )
@@ -465,12 +499,21 @@ class JourneyEngine:
 
     # --- bounds ----------------------------------------------------------------------------
     def _bound(self, state: CustomerState) -> None:
-        """Hard bound between clock advances: keep the newest ``max_steps`` steps."""
+        """Hard bound between clock advances: keep the newest ``max_steps`` steps, and forget
+        what only the dropped steps needed, so a burst cannot grow the state either."""
         limit = self.cfg.max_steps
-        del state.steps[: len(state.steps) - limit]
+        steps = state.steps
+        del steps[: len(steps) - limit]
+        oldest = steps[0].ts if steps else float("inf")
         if len(state.seen) > 4 * limit:
             newest = sorted(state.seen.items(), key=lambda kv: kv[1])[-2 * limit :]
             state.seen = dict(newest)
+        if len(state.fired) > 4 * limit:
+            # an id whose anchor step is gone can never be raised again
+            state.fired = {k: v for k, v in state.fired.items() if v >= oldest}
+        if len(state.pending) > 2 * limit:
+            # an absence timer whose anchor step is gone can never fire
+            state.pending = [p for p in state.pending if p[3] >= oldest]
 
     def _prune(self, state: CustomerState, clock: float) -> None:
         keep_from = clock - self.horizon
@@ -484,12 +527,18 @@ class JourneyEngine:
         n = max(n, len(steps) - self.cfg.max_steps)
         if n > 0:
             del steps[:n]
-        if len(state.seen) > self.cfg.max_steps * 2 or (steps and n):
+        if n or len(state.seen) > self.cfg.max_steps * 2:
+            # ids older than cut_ts belong to late events now: nothing can repeat them
             state.seen = {k: v for k, v in state.seen.items() if v >= cut_ts}
             state.fired = {k: v for k, v in state.fired.items() if v >= cut_ts}
         gap = self.cfg.inactivity_gap_seconds
+        # Keep a closed journey while an absence timer points into it (trial_unused fires
+        # 15 days on): its pain point and score penalty must land on it.
+        waiting = self._waiting_journeys(state)
         state.journeys = [
             j
             for j in state.journeys
-            if j.outcome == "open" or j.end + gap + self.cfg.lateness_seconds > clock
+            if j.outcome == "open"
+            or j.jid in waiting
+            or j.end + gap + self.cfg.lateness_seconds > clock
         ]

@@ -63,6 +63,7 @@ class Runner:
         self.clock = float("-inf")
         self.out = Outputs()
         self.stats = RunStats()
+        self._held_at_finish = 0
 
     # --- inputs ----------------------------------------------------------------------------
     def load_profile(self, profile: dict[str, Any]) -> None:
@@ -88,9 +89,10 @@ class Runner:
         """End of input: the clock stays where the events left it (or moves to ``until``)."""
         if until is not None:
             self._advance(until)
-        for ks in self.keys.values():
-            if ks.held:
-                self.stats.held_expired += len(ks.held)
+        # Still held (never identified) counts as expired; idempotent if called again.
+        held = sum(len(ks.held) for ks in self.keys.values())
+        self.stats.held_expired += held - self._held_at_finish
+        self._held_at_finish = held
         return self.out
 
     # --- internals -------------------------------------------------------------------------
