@@ -27,6 +27,10 @@ case "$cmd" in
     ;;
   test)
     setup
+    # The ops-page test drives Debian's headless Chromium; CI installs it (as root).
+    if [ -n "${CI:-}" ] && ! command -v chromedriver >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     exec "$VENV/bin/pytest" "$@"

@@ -24,6 +24,8 @@ from streams.engine_settings import build_engine
 from streams.ingest import Ingestor
 from streams.producer import WorkerProducer
 from streams.warehouse import Warehouse
+from streams.web import register as register_ops_page
+from streams.web.params import with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # Shut down promptly: offsets are committed only for acked messages anyway.
+        stream_wait_empty=False,
     )
     land.register(app, settings, warehouse)
     land.register_results(app, settings, warehouse)
@@ -93,6 +97,7 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     journeys.register(app, settings, producer, engine, limits)
     app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
+    register_ops_page(app, warehouse)
 
     @app.on_rebalance_complete.connect
     async def _ready(sender: Any, **_: Any) -> None:
@@ -124,7 +129,7 @@ def _register_web(app: faust.App, warehouse: Warehouse) -> None:
 
         if name not in query_names():
             return web.json({"error": f"unknown query {name!r}"}, status=404)
-        params = dict(request.query)
+        params = with_defaults(name, dict(request.query))
         try:
             rows = await warehouse.query(name, params or None)
         except Exception as exc:

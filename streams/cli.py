@@ -192,6 +192,81 @@ def validate(
 
 
 @app.command()
+def backtest(
+    events: Annotated[list[Path], typer.Argument(help="Event logs: JSONL/JSONL.gz files or dirs.")],
+    customers: Annotated[
+        Path | None, typer.Option(help="CRM profiles (customers.jsonl) to link identities.")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the results.")] = Path(
+        "out/backtest"
+    ),
+    rules: Annotated[
+        Path | None, typer.Option(help="Rules YAML (default: the built-in library).")
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(help="Advance the clock to this time at the end (fires later deadlines)."),
+    ] = None,
+) -> None:
+    """Run logs through the journey engine in-process (no Kafka) and write the results.
+
+    Writes pain_points.jsonl and journeys.jsonl (deterministic: same input, same bytes) and
+    prints a summary. The clock ends where the events leave it (last event time minus the
+    allowed lateness, as live): deadlines after it do not fire unless --until is given.
+    """
+    from replay.backtest import backtest as run_backtest
+    from replay.backtest import write_jsonl
+    from schemas.validation import Validator
+    from streams.engine.rules import RuleFileError
+    from streams.engine_settings import engine_config
+    from streams.engine_settings import rules as load_configured_rules
+
+    settings = _settings(rules_file=rules)
+    try:
+        ruleset = load_configured_rules(settings)
+    except RuleFileError as exc:
+        raise CliError(str(exc)) from None
+    for p in [*events, *([customers] if customers else [])]:
+        if not p.exists():
+            raise CliError(f"no such file: {p}")
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("backtest", total=None)
+        result = run_backtest(
+            events,
+            ruleset,
+            validator=Validator.from_settings(settings),
+            customers_path=customers,
+            config=engine_config(settings),
+            partitions=settings.partitions,
+            until=until,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    write_jsonl(out_dir / "pain_points.jsonl", result.pain_points)
+    write_jsonl(out_dir / "journeys.jsonl", result.journeys)
+    by_rule = Counter(p["rule_id"] for p in result.pain_points)
+    t = Table(title=f"backtest → {out_dir}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    t.add_row("events", str(result.events))
+    t.add_row("invalid lines", str(sum(result.invalid.values())))
+    t.add_row("customers", str(result.customers))
+    t.add_row("journeys", str(len(result.journeys)))
+    t.add_row("late (not evaluated)", str(result.late))
+    t.add_row("duplicates", str(result.duplicates))
+    t.add_row("never identified", str(result.held_unidentified))
+    t.add_row("pain points", str(len(result.pain_points)))
+    for rule_id in ruleset.ids:
+        t.add_row(f"  {rule_id}", str(by_rule.get(rule_id, 0)))
+    out.print(t)
+    for example in result.invalid_examples:
+        out.print(f"  [yellow]invalid[/] {example}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def schemas(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for *.schema.json.")] = Path(
         "schemas-json"
@@ -207,11 +282,12 @@ def schemas(
 def main() -> None:
     """Console-script entry point: expected errors become one line and exit code 2."""
     from sinks.clickhouse.errors import ClickHouseError
+    from streams.engine.rules import RuleFileError
     from streams.runtime import RuntimeStartError
 
     try:
         app()
-    except (CliError, RuntimeStartError, ClickHouseError) as exc:
+    except (CliError, RuntimeStartError, ClickHouseError, RuleFileError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -169,6 +169,7 @@ class Ingestor:
         self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("ingest assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         now = time.monotonic()
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
@@ -195,6 +196,11 @@ class Ingestor:
             records.append(RawRecord(m.value(), m.topic(), m.partition(), m.offset()))
         if not records:
             return 0
+        if log.isEnabledFor(logging.DEBUG):
+            firsts: dict[int, int] = {}
+            for r in records:
+                firsts.setdefault(r.partition, r.offset)
+            log.debug("ingest batch first offsets %s", firsts)
         try:
             result = split_batch(
                 records,

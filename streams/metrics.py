@@ -96,3 +96,8 @@ EVENTS_DUPLICATE = Counter(
     "Events seen twice (same event_id), processed once.",
     registry=REGISTRY,
 )
+PROFILES = Counter(
+    "touchpath_profiles_total",
+    "CRM profiles applied (identity links + tier/consents).",
+    registry=REGISTRY,
+)

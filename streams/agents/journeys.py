@@ -213,6 +213,7 @@ def register(
                     log.warning("invalid customer profile skipped: %s", exc.errors()[0]["msg"])
                     continue
                 prof = p.model_dump(mode="json")
+                metrics.PROFILES.inc()
                 events.add(
                     t_events, customer_key(p.customer_id), {"c": p.customer_id, "profile": prof}
                 )

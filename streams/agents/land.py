@@ -7,8 +7,8 @@ the loop body has run, so offsets are committed after the rows are in ClickHouse
 from __future__ import annotations
 
 import logging
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust

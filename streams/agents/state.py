@@ -42,9 +42,10 @@ def fast_table(app: faust.App, name: str, producer: WorkerProducer, help: str) -
         app,
         name=name,
         default=None,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
+        # bytes key/value types make Faust use the raw codec for the changelog topic, so
+        # recovery reads back exactly the bytes the fast path wrote
+        key_type=bytes,
+        value_type=bytes,
         use_partitioner=True,
         beacon=app.tables.beacon,
         help=help,

@@ -86,7 +86,7 @@ def worker_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[
             "TOUCHPATH_APP_ID": f"app-{prefix.rstrip('.')}",
             "TOUCHPATH_DATA_DIR": str(data_dir),
             "TOUCHPATH_WEB_PORT": str(port),
-            "TOUCHPATH_LOG_LEVEL": "info",
+            "TOUCHPATH_LOG_LEVEL": os.environ.get("TP_TEST_LOG", "info"),
             **env_overrides,
         }
         settings = Settings(
