@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -108,8 +110,10 @@ def run_demo(settings: Settings, opts: DemoOptions, console: Console) -> bool:
         _wait_ready(client, worker_proc, worker_log, timeout=90)
         console.print(f"worker   : [cyan]http://127.0.0.1:{port}[/] (/metrics /health /api/query)")
         console.print(f"ClickHouse: embedded chDB in {settings.chdb_path}")
+        _send_profiles(settings, sim.customers, client)
         ok = _run_traffic(settings, sim, opts, client, console)
-        ok = _summary(client, m, console) and ok
+        _wait_pain_points(client, len(sim.ground_truth), timeout=60)
+        ok = _summary(client, m, sim.ground_truth, console) and ok
         if opts.keep:
             console.print("[bold]--keep[/]: running; Ctrl-C to stop.")
             while worker_proc.poll() is None:
@@ -131,6 +135,29 @@ def _wait_ready(client: WorkerClient, proc: Any, log_path: Path, timeout: float)
             return
         time.sleep(0.3)
     raise RuntimeError(f"worker not ready within {timeout:.0f} s (see {log_path})")
+
+
+def _send_profiles(
+    settings: Settings, customers: list[dict[str, Any]], client: WorkerClient
+) -> None:
+    """The CRM feed first, so phone/loyalty-only events are attributed as they arrive."""
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_client_config()})
+    topic = settings.topic(settings.topic_customers)
+    for c in customers:
+        p.produce(topic, orjson.dumps(c), c["customer_id"].encode())
+    p.flush(30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if client.counters().get("touchpath_profiles_total", 0) >= len(customers):
+            return
+        time.sleep(0.3)
+
+
+def _wait_pain_points(client: WorkerClient, want: int, timeout: float) -> None:
+    """Pain points decided by timers land a moment after the last touchpoint."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(client.query("pain_point_ids")) < want:
+        time.sleep(0.5)
 
 
 def _run_traffic(
@@ -184,7 +211,12 @@ def _run_traffic(
     return landed >= expected_rows
 
 
-def _summary(client: WorkerClient, manifest: dict[str, Any], console: Console) -> bool:
+def _summary(
+    client: WorkerClient,
+    manifest: dict[str, Any],
+    ground_truth: list[dict[str, Any]],
+    console: Console,
+) -> bool:
     totals = client.query("landed_totals")[0]
     by_reason = {r["reason"]: int(r["n"]) for r in client.query("dead_letters_by_reason")}
     by_channel = client.query("landed_by_channel")
@@ -209,6 +241,16 @@ def _summary(client: WorkerClient, manifest: dict[str, Any], console: Console) -
     for r in by_channel:
         row(f"  channel: {r['channel']}", None, int(r["events"]))
     row("identified customers", None, int(totals["customers"]))
+    found = client.query("pain_point_ids")
+    truth = {(g["customer_id"], g["rule_id"], g["anchor_event_id"]) for g in ground_truth}
+    got = {(r["customer_id"], r["rule_id"], r["anchor_event_id"]) for r in found}
+    row("pain points (injected → found)", len(truth), len(truth & got))
+    row("pain points on clean journeys", 0, len(got - truth))
+    by_rule: dict[str, int] = {}
+    for _, rule_id, _ in got:
+        by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
+    for rule_id, n in sorted(by_rule.items()):
+        row(f"  pain: {rule_id}", None, n)
     console.print(t)
     console.print("[green]all counts match[/]" if ok else "[red]counts differ[/]")
     return ok
