@@ -94,7 +94,7 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     land.register_results(app, settings, warehouse)
     engine, limits = build_engine(settings)
     producer = WorkerProducer(bootstrap, settings.kafka_client_config())
-    journeys.register(app, settings, producer, engine, limits)
+    journeys.register(app, settings, producer, engine, limits, warehouse)
     app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
     register_ops_page(app, warehouse)

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from schemas.customer import CustomerProfile
 from schemas.pii import PiiHasher
 from streams import metrics
+from streams.agents.land import decode_all, touchpoint_rows
 from streams.agents.state import FastTable, fast_table, live_items
 from streams.config import Settings
 from streams.engine.identity import (
@@ -41,6 +42,7 @@ from streams.engine.journey import CustomerState, JourneyEngine, Outputs
 from streams.engine.stage import JourneyStage, customer_key
 from streams.partitioning import partition_for
 from streams.producer import WorkerProducer
+from streams.warehouse import Warehouse
 from streams.watermark import SourceWatermarks
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ def register(
     producer: WorkerProducer,
     engine: JourneyEngine,
     limits: IdentityLimits,
+    warehouse: Warehouse,
 ) -> None:
     """Declare tables and agents of the identity and journey stages on ``app``."""
     n = settings.partitions
@@ -167,6 +170,11 @@ def register(
         events, links = _Outbox(producer, n), _Outbox(producer, n)
         now = time.monotonic()
         sources: set[int] = set()
+        # Land the batch's touchpoints first: only then may these messages be acked.
+        valid = [e.value for e in batch if e.message.topic == t_valid]
+        rows = decode_all(valid, touchpoint_rows, "identify")
+        if rows:
+            await warehouse.land("touchpoints", rows)
         for event in batch:
             obj = orjson.loads(event.value)
             q = event.message.partition

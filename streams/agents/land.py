@@ -1,7 +1,11 @@
-"""Landing agents: validated micro-batches and dead letters into ClickHouse.
+"""Landing agents: dead letters, pain points and journeys into ClickHouse.
 
 Thin glue: decode → rows → :meth:`Warehouse.land`. ``take()`` acks its messages only after
-the loop body has run, so offsets are committed after the rows are in ClickHouse.
+the loop body has run, so offsets are committed after the rows are in ClickHouse. Valid
+touchpoints are landed by the identify agent itself (see ``streams.agents.journeys``): a
+topic read by two Faust agents has its offsets committed once *either* has acked a message
+(measured: after a kill -9 the slower agent lost those messages), so each topic here has
+exactly one agent.
 """
 
 from __future__ import annotations
@@ -58,25 +62,9 @@ def dead_letter_row(value: bytes) -> dict[str, Any]:
 
 def register(app: faust.App, settings: Settings, warehouse: Warehouse) -> None:
     """Declare the landing topics and agents on ``app``."""
-    valid_topic = app.topic(
-        settings.topic(settings.topic_valid), value_serializer="raw", key_serializer="raw"
-    )
     dlq_topic = app.topic(
         settings.topic(settings.topic_dlq), value_serializer="raw", key_serializer="raw"
     )
-
-    @app.agent(valid_topic, name="land-touchpoints")
-    async def land_touchpoints(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(16, within=0.2):
-            rows: list[dict[str, Any]] = []
-            for value in values:
-                try:
-                    rows.extend(touchpoint_rows(value))
-                except Exception:  # a corrupt internal message must not kill the agent
-                    metrics.AGENT_ERRORS.labels(agent="land-touchpoints").inc()
-                    log.exception("undecodable micro-batch skipped (%d bytes)", len(value))
-            if rows:
-                await warehouse.land("touchpoints", rows)
 
     @app.agent(dlq_topic, name="land-dead-letters")
     async def land_dead_letters(stream: faust.StreamT[bytes]) -> None:
@@ -130,7 +118,7 @@ def register_results(app: faust.App, settings: Settings, warehouse: Warehouse) -
     async def land_pain_points(stream: faust.StreamT[bytes]) -> None:
         async for values in stream.take(500, within=0.5):
             landed_at = datetime.now(UTC)
-            rows = _decode_all(
+            rows = decode_all(
                 values, partial(_one_pain_point, landed_at=landed_at), "land-pain-points"
             )
             if rows:
@@ -139,12 +127,13 @@ def register_results(app: faust.App, settings: Settings, warehouse: Warehouse) -
     @app.agent(journeys, name="land-journeys")
     async def land_journeys(stream: faust.StreamT[bytes]) -> None:
         async for values in stream.take(50, within=0.5):
-            rows = _decode_all(values, journey_rows, "land-journeys")
+            rows = decode_all(values, journey_rows, "land-journeys")
             if rows:
                 await warehouse.land("journeys", rows)
 
 
-def _decode_all(values: list[bytes], decode: Any, agent: str) -> list[dict[str, Any]]:
+def decode_all(values: list[bytes], decode: Any, agent: str) -> list[dict[str, Any]]:
+    """Rows of every message; an undecodable one is counted, logged and skipped."""
     rows: list[dict[str, Any]] = []
     for value in values:
         try:
