@@ -9,6 +9,7 @@ import faust
 
 from streams.app import create_app
 from streams.config import Settings
+from streams.engine_settings import rules
 from streams.runtime import EmbeddedBroker, ensure_topics, wait_for_kafka
 from streams.warehouse import Warehouse
 
@@ -39,6 +40,7 @@ def prepare_kafka(settings: Settings, bootstrap: str) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Starts an embedded broker when no Kafka is configured."""
+    rules(settings)  # a bad rules file fails here, in one line, before anything starts
     with ExitStack() as stack:
         if settings.embedded_kafka:
             broker = stack.enter_context(EmbeddedBroker(log_dir=settings.data_dir / "logs"))

@@ -150,9 +150,19 @@ def test_validate_clean_file_exits_zero(tmp_path):
         ),
         ({"TOUCHPATH_PARTITIONS": "many"}, ["worker"], "TOUCHPATH_PARTITIONS"),
         ({}, ["validate", "/nonexistent.jsonl"], "no such file"),
+        ({"TOUCHPATH_RULES_FILE": "BAD_RULES"}, ["worker"], "rule 'long_queue'"),
+        ({}, ["backtest", "/dev/null", "--rules", "BAD_RULES"], "rule 'long_queue'"),
     ],
 )
 def test_expected_failures_are_one_line_and_fast(tmp_path, env, args, needle):
+    bad_rules = tmp_path / "rules.yaml"
+    bad_rules.write_text(
+        "rules:\n  - id: long_queue\n    kind: threshold\n    severity: 3\n"
+        "    match: {channel: call_centre, type: answered,"
+        " where: [{field: wait_seconds, op: greater, value: 300}]}\n"
+    )
+    env = {k: str(bad_rules) if v == "BAD_RULES" else v for k, v in env.items()}
+    args = [str(bad_rules) if a == "BAD_RULES" else a for a in args]
     t0 = time.monotonic()
     r = subprocess.run(
         [*CLI, *args], env=_env(tmp_path, **env), capture_output=True, text=True, timeout=30
