@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.pii import PiiHasher
+from schemas.pii import replace_raw_pii
 from schemas.touchpoint import SCHEMA_VERSION, Id
 
 Tier = Literal["A", "B", "C"]
@@ -47,18 +47,7 @@ class CustomerProfile(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _hash_raw_pii(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or not ({"phone", "email"} & data.keys()):
-            return data
-        hasher: PiiHasher | None = (info.context or {}).get("hasher")
-        if hasher is None:
-            raise PydanticCustomError("pii_without_key", "raw phone/email given but no PII key")
-        data = dict(data)
-        phone, email = data.pop("phone", None), data.pop("email", None)
-        if isinstance(phone, str) and phone.strip():
-            data.setdefault("phone_hash", hasher.phone(phone))
-        if isinstance(email, str) and email.strip():
-            data.setdefault("email_hash", hasher.email(email))
-        return data
+        return replace_raw_pii(data, info.context, "")
 
     @field_validator("timezone")
     @classmethod

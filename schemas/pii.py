@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Any
+
+from pydantic_core import PydanticCustomError
 
 _PHONE_STRIP = re.compile(r"[\s\-().]")
 # Substrings of raw bytes that look like PII, for scrubbing dead letters whose structure
@@ -71,3 +74,26 @@ class PiiHasher:
             return b"<pii:" + digest[:16].encode() + b">"
 
         return _PII_BYTES.sub(_sub, raw)
+
+
+def replace_raw_pii(data: Any, context: dict[str, Any] | None, where: str) -> Any:
+    """Pydantic before-validator body: swap raw ``phone``/``email`` for keyed hashes.
+
+    The hasher comes in the validation context (``{"hasher": PiiHasher}``), so the models
+    stay pure and the key stays configuration. A hash the producer already computed wins.
+    """
+    if not isinstance(data, dict) or ("phone" not in data and "email" not in data):
+        return data
+    hasher: PiiHasher | None = (context or {}).get("hasher")
+    if hasher is None:
+        raise PydanticCustomError("pii_without_key", "raw phone/email given but no PII key")
+    data = dict(data)
+    phone, email = data.pop("phone", None), data.pop("email", None)
+    for field, value, fn in (("phone", phone, hasher.phone), ("email", email, hasher.email)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise PydanticCustomError("string_type", f"{where}{field}: must be a string")
+        if value.strip():
+            data.setdefault(f"{field}_hash", fn(value))
+    return data

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.pii import PiiHasher
+from schemas.pii import replace_raw_pii
 
 SCHEMA_VERSION = 1
 
@@ -110,21 +110,7 @@ class Identifiers(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _hash_raw_pii(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or ("phone" not in data and "email" not in data):
-            return data
-        hasher: PiiHasher | None = (info.context or {}).get("hasher")
-        if hasher is None:
-            raise PydanticCustomError("pii_without_key", "raw phone/email given but no PII key")
-        data = dict(data)
-        phone, email = data.pop("phone", None), data.pop("email", None)
-        for field, value, fn in (("phone", phone, hasher.phone), ("email", email, hasher.email)):
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise PydanticCustomError("string_type", f"identifiers.{field}: must be a string")
-            if value.strip():
-                data.setdefault(f"{field}_hash", fn(value))
-        return data
+        return replace_raw_pii(data, info.context, "identifiers.")
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Identifiers:

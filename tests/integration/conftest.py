@@ -36,6 +36,19 @@ def topic_factory(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Top
     return make
 
 
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, worker: WorkerHandle) -> None:
+    """Poll ``pred`` until true; fail with ``what`` on timeout, or at once if the worker died."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        assert worker.alive(), f"worker died:\n{worker.log()[-3000:]}"
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
 class WorkerHandle:
     """A ``touchpath worker`` child process and its HTTP API (metrics, named queries)."""
 

@@ -10,18 +10,9 @@ import pytest
 from confluent_kafka import Producer
 
 from streams.simulator import SimConfig, publish, simulate
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for(pred, timeout: float, what: str, worker) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        assert worker.alive(), f"worker died:\n{worker.log()[-3000:]}"
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_simulated_traffic_lands_exactly(worker_factory):
@@ -73,7 +64,7 @@ def test_simulated_traffic_lands_exactly(worker_factory):
         t = worker.query("landed_totals")[0]
         return t["touchpoints"] >= m["events_valid"] and t["dead_letters"] >= expected_dead
 
-    _wait_for(landed, 120, "all rows in ClickHouse", worker)
+    wait_until(landed, 120, "all rows in ClickHouse", worker)
     time.sleep(1.0)  # anything extra (a duplicate) would land by now
     totals = worker.query("landed_totals")[0]
     assert totals["touchpoints"] == m["events_valid"]
