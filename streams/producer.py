@@ -98,6 +98,3 @@ class WorkerProducer:
         if self._errors:
             err, self._errors = self._errors[0], []
             raise KafkaException(err)
-
-    def close(self) -> None:
-        self._producer.flush(10)

@@ -9,7 +9,6 @@ time comes from the events; nothing reads a clock.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,22 +132,3 @@ class Runner:
             self.stats.by_rule[pp["rule_id"]] += 1
         self.stats.late += self.out.late - late
         self.stats.duplicates += self.out.duplicates - dup
-
-
-def run_all(
-    rules: RuleSet,
-    profiles: Iterable[dict[str, Any]],
-    events: Iterable[tuple[Event, float, str]],
-    *,
-    config: EngineConfig | None = None,
-    partitions: int = 4,
-    until: float | None = None,
-) -> Runner:
-    """Convenience: profiles first, then events, then finish. Returns the runner."""
-    runner = Runner(rules, config, partitions=partitions)
-    for p in profiles:
-        runner.load_profile(p)
-    for ev, ts, key in events:
-        runner.process(ev, ts, key)
-    runner.finish(until)
-    return runner
