@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.validation import Validator
 from streams import metrics
-from streams.agents import journeys, land
+from streams.agents import care, journeys, land
 from streams.config import DEV_PII_SECRET, Settings
 from streams.engine_settings import build_engine
 from streams.ingest import Ingestor
@@ -95,6 +95,7 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     engine, limits = build_engine(settings)
     producer = WorkerProducer(bootstrap, settings.kafka_client_config())
     journeys.register(app, settings, producer, engine, limits, warehouse)
+    care.register(app, settings, producer, warehouse)
     app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
     register_ops_page(app, warehouse)

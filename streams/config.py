@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     )
     topic_pain_points: str = "pain-points"
     topic_journeys: str = Field(default="journeys", description="Journey records (micro-batches).")
+    topic_care_actions: str = Field(
+        default="care-actions",
+        description="The care outbox: every care decision (micro-batches keyed by customer).",
+    )
+    topic_care_dlq: str = Field(
+        default="care-actions.dlq", description="Care actions that could not be delivered."
+    )
     partitions: int = Field(default=4, ge=1, description="Partitions of topics touchpath creates.")
     app_id: str = Field(default="touchpath", description="Faust app id / consumer group prefix.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -102,6 +109,27 @@ class Settings(BaseSettings):
         "advanced by the wall time that passed.",
     )
 
+    # --- care actions ----------------------------------------------------------------------
+    care_policy_file: Path | None = Field(
+        default=None, description="Care policy YAML (default: the built-in policy)."
+    )
+    care_endpoints: str = Field(
+        default="",
+        description="Where care actions are delivered: 'kind=URL,...' with '*' as the default "
+        "(e.g. 'sms=http://gw/sms,*=http://hooks/care'). Empty: decide and record, deliver "
+        "nothing.",
+    )
+    care_signing_secret: SecretStr = Field(
+        default=SecretStr("touchpath-dev-webhook-secret"),
+        description="HMAC-SHA256 key of the X-Touchpath-Signature header. Set it in production.",
+    )
+    care_timeout_seconds: float = Field(default=5.0, gt=0, description="Per HTTP attempt.")
+    care_max_attempts: int = Field(default=6, ge=1, description="Attempts before the DLQ.")
+    care_backoff_cap_seconds: float = Field(default=30.0, gt=0)
+    care_dry_run: bool = Field(
+        default=False, description="Decide and record care actions but deliver none."
+    )
+
     # --- worker ----------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -111,6 +139,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("care_endpoints")
+    @classmethod
+    def _endpoints(cls, v: str) -> str:
+        if v:
+            from streams.dispatch import parse_endpoints
+
+            parse_endpoints(v)  # ValueError with a one-line reason
+        return v
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""

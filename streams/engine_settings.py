@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from streams.config import Settings
+from streams.engine.care import CareEngine, load_policy
 from streams.engine.identity import IdentityLimits
 from streams.engine.journey import EngineConfig, JourneyEngine
 from streams.engine.rules import RuleSet, load_rules
@@ -30,6 +31,12 @@ def rules(settings: Settings) -> RuleSet:
     return load_rules(settings.rules_file)
 
 
+def care(settings: Settings) -> CareEngine:
+    """The configured care policy, or the built-in one (raises CarePolicyError)."""
+    return CareEngine(load_policy(settings.care_policy_file))
+
+
 def build_engine(settings: Settings) -> tuple[JourneyEngine, IdentityLimits]:
     """Engine and identity limits as the worker and the backtest both use them."""
-    return JourneyEngine(rules(settings), engine_config(settings)), identity_limits(settings)
+    engine = JourneyEngine(rules(settings), engine_config(settings), care=care(settings))
+    return engine, identity_limits(settings)

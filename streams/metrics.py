@@ -101,3 +101,14 @@ PROFILES = Counter(
     "CRM profiles applied (identity links + tier/consents).",
     registry=REGISTRY,
 )
+CARE_ACTIONS = Counter(
+    "touchpath_care_actions_total",
+    "Care decisions recorded, per action kind and status (sent, held, suppressed).",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+CARE_REDELIVERY_SKIPPED = Counter(
+    "touchpath_care_redelivery_skipped_total",
+    "Sent care actions seen again (restart, rebalance, replay) and not delivered twice.",
+    registry=REGISTRY,
+)

@@ -9,7 +9,7 @@ import faust
 
 from streams.app import create_app
 from streams.config import Settings
-from streams.engine_settings import rules
+from streams.engine_settings import care, rules
 from streams.runtime import EmbeddedBroker, ensure_topics, wait_for_kafka
 from streams.warehouse import Warehouse
 
@@ -28,6 +28,8 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         (settings.topic(settings.topic_journey_events), n, {}),
         (settings.topic(settings.topic_pain_points), n, {}),
         (settings.topic(settings.topic_journeys), n, {}),
+        (settings.topic(settings.topic_care_actions), n, {}),
+        (settings.topic(settings.topic_care_dlq), n, {}),
     ]
 
 
@@ -40,7 +42,9 @@ def prepare_kafka(settings: Settings, bootstrap: str) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Starts an embedded broker when no Kafka is configured."""
-    rules(settings)  # a bad rules file fails here, in one line, before anything starts
+    # a bad rules or care policy file fails here, in one line, before anything starts
+    rules(settings)
+    care(settings)
     with ExitStack() as stack:
         if settings.embedded_kafka:
             broker = stack.enter_context(EmbeddedBroker(log_dir=settings.data_dir / "logs"))

@@ -106,7 +106,10 @@ TABLES: dict[str, TableSpec] = {
             columns=(
                 "action_id",
                 "pain_point_id",
+                "sequence",
+                "journey_id",
                 "customer_id",
+                "tier",
                 "rule_id",
                 "kind",
                 "template",
@@ -115,8 +118,10 @@ TABLES: dict[str, TableSpec] = {
                 "status",
                 "reason",
                 "decided_at",
+                "due_at",
                 "recorded_at",
                 "attempt",
+                "http_status",
             ),
             # one row per action per status; a later delivery attempt (same status) is new
             identity=("action_id", "status", "attempt"),

@@ -38,7 +38,7 @@ from streams.engine.identity import (
     observe_event,
     profile_links,
 )
-from streams.engine.journey import CustomerState, JourneyEngine, Outputs
+from streams.engine.journey import REPLAY_FLAG, CustomerState, JourneyEngine, Outputs
 from streams.engine.stage import JourneyStage, customer_key
 from streams.partitioning import partition_for
 from streams.producer import WorkerProducer
@@ -88,6 +88,7 @@ def register(
     t_events = settings.topic(settings.topic_journey_events)
     t_pains = settings.topic(settings.topic_pain_points)
     t_journeys = settings.topic(settings.topic_journeys)
+    t_care = settings.topic(settings.topic_care_actions)
     hasher = PiiHasher(settings.pii_secret.get_secret_value())
 
     identity: FastTable = fast_table(app, "identity", producer, "identity key -> customer, held")
@@ -187,6 +188,8 @@ def register(
                 continue
             for item in obj["items"]:
                 key, tp = item["k"], item["tp"]
+                if item.get("r"):
+                    tp[REPLAY_FLAG] = True  # rides with the event: its care is not delivered
                 st = KeyState() if customer_of_key(key) else key_state(key)
                 emit_identity(
                     observe_event(st, key, _ts(tp["occurred_at"]), tp, limits), events, links
@@ -253,10 +256,13 @@ def register(
             key = customer_key(pp["customer_id"])
             producer.produce(t_pains, orjson.dumps(pp), key, partition_for(key, n))
             metrics.PAIN_POINTS.labels(rule=pp["rule_id"]).inc()
-        box = _Outbox(producer, n)
+        box, care = _Outbox(producer, n), _Outbox(producer, n)
         for j in out.journeys.values():
             box.add(t_journeys, customer_key(j["customer_id"]), {**j, "updated_at": now})
         box.send("journeys")
+        for a in out.care_actions:
+            care.add(t_care, customer_key(a["customer_id"]), a)
+        care.send("actions")
         if out.late:
             metrics.EVENTS_LATE.inc(out.late)
         if out.duplicates:

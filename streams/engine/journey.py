@@ -27,12 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from streams.engine.care import CareEngine, CareState
 from streams.engine.ids import journey_id as make_journey_id
 from streams.engine.ids import pain_point_id
 from streams.engine.rules import Rule, RuleSet
 from streams.engine.score import ScoreWeights, journey_score, pain_penalty, survey_delta
 
 Event = dict[str, Any]
+
+#: Set on an event re-published by ``touchpath replay``: its care is recorded, not delivered.
+REPLAY_FLAG = "_replay"
 
 #: Events that reach a goal and complete the journey.
 GOAL_TYPES = {("web", "purchase"), ("store", "purchase"), ("web", "trial_converted")}
@@ -163,6 +167,12 @@ class CustomerState:
     due: float = float("inf")
     #: count windows are decided for the steps before this clock
     counted_to: float = float("-inf")
+    #: care guards and schedules (caps, cooldowns, opt-outs, held actions, sequences)
+    care: CareState = field(default_factory=CareState)
+    #: pain points waiting for care: [detected ts, pain_point_id, pain point], sorted
+    care_queue: list[list[Any]] = field(default_factory=list)
+    #: the latest event came from a replay: care decided now is not for delivery
+    replay: bool = False
 
     @property
     def tier(self) -> str:
@@ -183,6 +193,9 @@ class CustomerState:
             "l": self.late,
             "d": self.due if self.due != float("inf") else None,
             "ct": self.counted_to if self.counted_to != float("-inf") else None,
+            "care": self.care.to_json(),
+            "cq": self.care_queue,
+            "r": self.replay,
         }
 
     @classmethod
@@ -200,6 +213,9 @@ class CustomerState:
             late=d.get("l", 0),
             due=d["d"] if d.get("d") is not None else float("inf"),
             counted_to=d["ct"] if d.get("ct") is not None else float("-inf"),
+            care=CareState.from_json(d["care"]) if d.get("care") else CareState(),
+            care_queue=[list(q) for q in d.get("cq", ())],
+            replay=d.get("r", False),
         )
 
 
@@ -209,6 +225,8 @@ class Outputs:
 
     pain_points: list[dict[str, Any]] = field(default_factory=list)
     journeys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: care decisions (see :mod:`streams.engine.care`), in decision order
+    care_actions: list[dict[str, Any]] = field(default_factory=list)
     late: int = 0
     duplicates: int = 0
 
@@ -216,9 +234,13 @@ class Outputs:
 class JourneyEngine:
     """Applies one rule set and configuration to customer states."""
 
-    def __init__(self, rules: RuleSet, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, rules: RuleSet, config: EngineConfig | None = None, care: CareEngine | None = None
+    ) -> None:
         self.rules = rules
         self.cfg = config or EngineConfig()
+        #: care policy; None: pain points only, no care decisions
+        self.care = care
         self.threshold = [r for r in rules.rules if r.kind == "threshold"]
         self.sequence = [r for r in rules.rules if r.kind == "sequence"]
         self.absence = [r for r in rules.rules if r.kind == "absence"]
@@ -236,9 +258,12 @@ class JourneyEngine:
             out.duplicates += 1
             return
         if ts < clock:
-            # Later than the allowed lateness: landed (by ingest) and counted, not evaluated.
+            # Later than the allowed lateness: landed (by ingest) and counted, not evaluated
+            # — except an opt-out, which stops its channel however late it arrives.
             state.late += 1
             out.late += 1
+            if self.care is not None and ev["type"] == "opt_out":
+                self._care_event(state, ev, ts, out)
             return
         state.seen[eid] = ts
         step = Step(ts, ev)
@@ -253,6 +278,9 @@ class JourneyEngine:
         if ev["channel"] == "sms" and ev["type"] == "reply" and isinstance(ev.get("score"), int):
             journey.feedback += survey_delta(ev["score"], self.cfg.weights)
             self._touch(state, journey, out)
+        if self.care is not None:
+            # before the rules: an opt-out must already hold for the care its rule triggers
+            self._care_event(state, ev, ts, out)
         self._eager_rules(state, step, out)
         due = journey.end + self.cfg.inactivity_gap_seconds
         for rule in self.absence:
@@ -263,10 +291,51 @@ class JourneyEngine:
         for rule in self.count:
             if ts < due and rule.matches(ev):
                 due = ts  # the count window is decided once the clock passes this event
+        care_due = self._care_due(state)
+        if care_due is not None:
+            due = min(due, care_due - self.cfg.lateness_seconds)
         if due < state.due:
             state.due = due
         if len(steps) > self.cfg.max_steps:
             self._bound(state)
+
+    # --- care ------------------------------------------------------------------------------
+    def _care_event(self, state: CustomerState, ev: Event, ts: float, out: Outputs) -> None:
+        state.replay = bool(ev.get(REPLAY_FLAG))
+        care = self.care
+        assert care is not None
+        decisions = care.on_event(state.care, state.customer_id, state.profile, ev, ts)
+        self._emit_care(state, decisions, out)
+
+    def _care_due(self, state: CustomerState) -> float | None:
+        """Earliest event time at which care has work for this customer."""
+        if self.care is None:
+            return None
+        due = self.care.next_due(state.care)
+        if state.care_queue and (due is None or state.care_queue[0][0] < due):
+            due = state.care_queue[0][0]
+        return due
+
+    def _care_advance(self, state: CustomerState, now: float, out: Outputs) -> None:
+        """Decide care up to event time ``now`` (exclusive), in time order: each queued pain
+        point after what fell due before it (held releases, sequence steps), so the result
+        does not depend on how often this runs or in which order events arrived."""
+        care = self.care
+        assert care is not None
+        cid, profile = state.customer_id, state.profile
+        queue = state.care_queue
+        while queue and queue[0][0] < now:
+            t, _, pp = queue.pop(0)
+            self._emit_care(state, care.advance(state.care, cid, profile, t), out)
+            self._emit_care(state, care.on_pain_point(state.care, profile, pp), out)
+        self._emit_care(state, care.advance(state.care, cid, profile, now), out)
+
+    @staticmethod
+    def _emit_care(state: CustomerState, decisions: list[dict[str, Any]], out: Outputs) -> None:
+        if state.replay:
+            for d in decisions:
+                d["replay"] = True
+        out.care_actions.extend(decisions)
 
     def advance(self, state: CustomerState, clock: float, out: Outputs) -> float | None:
         """Fire everything the stream clock ``clock`` has passed; returns the next due time.
@@ -291,6 +360,10 @@ class JourneyEngine:
             if j.outcome == "open" and j.end + gap < clock:
                 j.outcome = "abandoned"
                 self._touch(state, j, out)
+        if self.care is not None:
+            # Care runs on event time itself (the watermark), not the lateness-delayed clock:
+            # a quiet-hours hold ends at 08:00, not 24 h after.
+            self._care_advance(state, clock + self.cfg.lateness_seconds, out)
         self._prune(state, clock)
         nxt = self.next_due(state)
         state.due = float("inf") if nxt is None else nxt
@@ -308,6 +381,9 @@ class JourneyEngine:
                     break
         if state.steps:
             due.append(state.steps[0].ts + self.horizon)  # pruning
+        care_due = self._care_due(state)
+        if care_due is not None:
+            due.append(care_due - self.cfg.lateness_seconds)
         return min(due) if due else None
 
     # --- journeys --------------------------------------------------------------------------
@@ -474,20 +550,22 @@ class JourneyEngine:
             if s.channel not in channels:
                 channels.append(s.channel)
         journey = self._journey(state, anchor.jid)
-        out.pain_points.append(
-            {
-                "pain_point_id": ppid,
-                "rule_id": rule.id,
-                "customer_id": state.customer_id,
-                "journey_id": anchor.jid,
-                "severity": rule.severity,
-                "channels": channels,
-                "anchor_event_id": anchor.event_id,
-                "evidence_event_ids": [s.event_id for s in evidence],
-                "detected_at": iso(detected_ts),
-                "tier": state.tier,
-            }
-        )
+        pp = {
+            "pain_point_id": ppid,
+            "rule_id": rule.id,
+            "customer_id": state.customer_id,
+            "journey_id": anchor.jid,
+            "severity": rule.severity,
+            "channels": channels,
+            "anchor_event_id": anchor.event_id,
+            "evidence_event_ids": [s.event_id for s in evidence],
+            "detected_at": iso(detected_ts),
+            "tier": state.tier,
+        }
+        out.pain_points.append(pp)
+        if self.care is not None:
+            # decided once the watermark passes it: every event up to then has arrived
+            bisect.insort(state.care_queue, [detected_ts, ppid, pp], key=lambda q: q[:2])
         if journey is not None:
             journey.pp.append(ppid)
             if len(journey.pp) > self.cfg.max_steps:

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.engine.care import CareEngine
 from streams.engine.identity import (
     IdentityLimits,
     IdentityOutput,
@@ -51,8 +52,9 @@ class Runner:
         *,
         identity: IdentityLimits | None = None,
         partitions: int = 4,
+        care: CareEngine | None = None,
     ) -> None:
-        self.engine = JourneyEngine(rules, config)
+        self.engine = JourneyEngine(rules, config, care)
         self.cfg = self.engine.cfg
         self.identity_limits = identity or IdentityLimits()
         self.partitions = partitions

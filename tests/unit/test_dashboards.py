@@ -287,6 +287,11 @@ def build_scenario() -> Scenario:
                     "decided_at": decided,
                     "recorded_at": LANDED + timedelta(minutes=n),
                     "attempt": attempt,
+                    "sequence": "",
+                    "journey_id": "",
+                    "tier": "",
+                    "due_at": decided,
+                    "http_status": 0,
                 }
             )
 
@@ -705,7 +710,7 @@ def land(ch: Client, db: str, rows_by_table: dict[str, list[dict[str, Any]]], **
 @pytest.fixture(scope="module")
 def db(ch: Client) -> Iterator[str]:
     name = f"dash_{uuid.uuid4().hex[:10]}"
-    assert migrate(ch, name) == [1, 2]
+    assert migrate(ch, name)[:3] == [1, 2, 3]
     land(ch, name, SCENARIO.tables())
     yield name
     ch.command(f"DROP DATABASE IF EXISTS {name} SYNC")

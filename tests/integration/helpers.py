@@ -1,0 +1,85 @@
+"""Shared steps of the integration tests that drive a worker with simulator traffic."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+from replay.backtest import BacktestResult, backtest
+from schemas.validation import Validator
+from streams.config import Settings
+from streams.engine.care import CareEngine, load_policy
+from streams.engine.rules import builtin_rules
+from streams.simulator import SimResult, publish, write_outputs
+from tests.integration.conftest import WorkerHandle, wait_until
+
+
+def counter(worker: WorkerHandle, name: str) -> float:
+    """Current value of a ``*_total`` metric of ``worker`` (labels summed)."""
+    return worker.counters().get(name, 0.0)
+
+
+def expected(tmp_path: Path, sim: SimResult) -> BacktestResult:
+    """What the pure engine (built-in rules and care policy) makes of ``sim``."""
+    write_outputs(sim, tmp_path / "sim")
+    return backtest(
+        [tmp_path / "sim" / "events.jsonl.gz"],
+        builtin_rules(),
+        validator=Validator.from_settings(Settings()),
+        customers_path=tmp_path / "sim" / "customers.jsonl",
+        care=CareEngine(load_policy()),
+    )
+
+
+def publish_customers(worker: WorkerHandle, customers: list[dict]) -> None:
+    """The CRM feed to ``worker``'s customers topic; waits until all are applied."""
+    s = worker.settings
+    p = Producer({"bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]})
+    for c in customers:
+        p.produce(s.topic(s.topic_customers), orjson.dumps(c), c["customer_id"].encode())
+    p.flush(10)
+    wait_until(
+        lambda: counter(worker, "touchpath_profiles_total") >= len(customers),
+        60,
+        "profiles applied",
+        worker,
+    )
+
+
+def publish_records(worker: WorkerHandle, records: list[bytes]) -> None:
+    """Raw producer records to ``worker``'s raw topic (as live producers send them)."""
+    s = worker.settings
+    publish(
+        records,
+        bootstrap=worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"],
+        topic=s.topic(s.topic_raw),
+        rate=None,
+    )
+
+
+def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:
+    """Wait until the landed pain points reach ``want`` and stop changing; their ids."""
+
+    def landed() -> int:
+        return len(worker.query("pain_point_ids"))
+
+    try:
+        wait_until(lambda: landed() >= want, 300, f"{want} pain points landed", worker)
+    except BaseException:
+        c = {k: v for k, v in worker.counters().items() if "{" not in k}
+        print("landed", landed(), "counters", c)
+        raise
+    time.sleep(2.0)  # anything extra would land by now
+    return {r["pain_point_id"] for r in worker.query("pain_point_ids")}
+
+
+def final_sent(actions: list[dict]) -> set[str]:
+    """Action ids whose last decision is ``sent``: what a receiver must get, once each."""
+    last: dict[str, str] = {}
+    for a in actions:
+        last[a["action_id"]] = a["status"]
+    return {k for k, s in last.items() if s == "sent"}
+
