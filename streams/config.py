@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         default=False, description="Decide and record care actions but deliver none."
     )
 
+    # --- testing ---------------------------------------------------------------------------
+    fault_clickhouse_file: Path | None = Field(
+        default=None,
+        description="Testing only: every ClickHouse call fails while this file exists "
+        "(outage tests; embedded chDB cannot be made unreachable otherwise).",
+    )
+
     # --- worker ----------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)

@@ -17,6 +17,7 @@ from clickhouse_connect.driver import Client
 
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.errors import ClickHouseRejected, ClickHouseUnavailable
+from sinks.clickhouse.faults import FaultInjectingClient
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.queries import run_query
 from sinks.clickhouse.writer import ClickHouseWriter
@@ -44,6 +45,8 @@ class Warehouse:
     def _open(self) -> list[int]:
         self.client = connect(self.settings)
         applied = migrate(self.client, self.settings.clickhouse_database)
+        if self.settings.fault_clickhouse_file is not None:
+            self.client = FaultInjectingClient(self.client, self.settings.fault_clickhouse_file)  # type: ignore[assignment]
         self.writer = ClickHouseWriter(
             self.client,
             database=self.settings.clickhouse_database,
