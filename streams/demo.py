@@ -67,8 +67,9 @@ class WorkerClient:
                         sums[key] = sums.get(key, 0.0) + s.value
         return sums
 
-    def query(self, name: str) -> list[dict[str, Any]]:
-        r = self.http.get(f"/api/query/{name}")
+    def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Rows of the worker's named query ``name`` (parameters as query-string values)."""
+        r = self.http.get(f"/api/query/{name}", params={k: str(v) for k, v in params.items()})
         r.raise_for_status()
         return r.json()["rows"]
 

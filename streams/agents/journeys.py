@@ -176,12 +176,24 @@ def register(
         rows = decode_all(valid, touchpoint_rows, "identify")
         if rows:
             await warehouse.land("touchpoints", rows)
+        link_rows: list[dict[str, Any]] = []
+        landed_at = datetime.now(UTC)
         for event in batch:
             obj = orjson.loads(event.value)
             q = event.message.partition
             if "links" in obj:
                 for key, cid in obj["links"]:
-                    emit_identity(apply_link(key_state(key), cid), events, links)
+                    st = key_state(key)
+                    if st.customer_id != cid:  # new or changed: the dashboards resolve keys
+                        link_rows.append(
+                            {
+                                "identity_key": key,
+                                "customer_id": cid,
+                                "linked_at": landed_at,
+                                "landed_at": landed_at,
+                            }
+                        )
+                    emit_identity(apply_link(st, cid), events, links)
                 if obj.get("wm") is not None:
                     link_wm(q, now).observe(str(obj["src"]), obj["wm"], now)
                     sources.add(q)
@@ -197,6 +209,8 @@ def register(
             if obj.get("wm") is not None:
                 ingest_wms[q].observe(obj.get("src", ""), obj["wm"], now)
                 sources.add(q)
+        if link_rows:
+            await warehouse.land("identity_links", link_rows)
         for key, st in states.items():
             identity[key.encode()] = orjson.dumps(st.to_json())
         events.send("items")

@@ -61,8 +61,8 @@ class WorkerHandle:
 
         self.client = WorkerClient(base_url)
 
-    def query(self, name: str) -> list[dict]:
-        return self.client.query(name)
+    def query(self, name: str, **params: object) -> list[dict]:
+        return self.client.query(name, **params)
 
     def counters(self) -> dict[str, float]:
         return self.client.counters()

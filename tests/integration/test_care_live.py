@@ -70,6 +70,32 @@ def test_every_action_delivered_once_signed_through_receiver_errors(worker_facto
     exp = _expected_totals(want_actions)
     assert {s: totals.get(s, 0) for s in exp} == dict(exp)
     assert totals.get("delivered") == len(want)
+    # The dashboards' figures equal what the simulator generated (its ground truth).
+    truth_rules = Counter(g["rule_id"] for g in sim.ground_truth)
+    top = worker.query("top_pain_points", period_days=sim.manifest["days"] + 1)
+    assert {r["rule_id"]: int(r["pain_points"]) for r in top} == dict(truth_rules)
+    by_channel = {r["channel"]: int(r["events"]) for r in worker.query("landed_by_channel")}
+    assert by_channel == _valid_per_channel(sim.records)
+    funnel = Counter()
+    for r in worker.query("care_funnel", days=400):
+        funnel[r["status"]] += int(r["actions"])
+    assert {s: funnel[s] for s in exp} == dict(exp)
+
+
+def _valid_per_channel(records: list[bytes]) -> dict[str, int]:
+    """Valid events per channel, counted from the generated records themselves."""
+    from datetime import UTC, datetime
+
+    from schemas.validation import Rejection, Validator
+    from streams.config import Settings
+
+    v, now = Validator.from_settings(Settings()), datetime.now(UTC)
+    out: Counter[str] = Counter()
+    for raw in records:
+        tp = v.validate(raw, now)
+        if not isinstance(tp, Rejection):
+            out[tp.channel.value] += 1
+    return dict(out)
 
 
 def test_receiver_down_for_good_dead_letters_and_the_worker_goes_on(worker_factory, tmp_path):
