@@ -52,6 +52,9 @@ class Warehouse:
             database=self.settings.clickhouse_database,
             on_flush=_on_flush,
             on_error=_on_error,
+            # Short: the long wait for an outage to end is land()'s async backoff, which
+            # leaves the ClickHouse thread free for dashboard queries meanwhile.
+            retry_for=2.0,
         )
         return applied
 
