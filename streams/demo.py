@@ -252,6 +252,9 @@ def _summary(
         by_rule[rule_id] = by_rule.get(rule_id, 0) + 1
     for rule_id, n in sorted(by_rule.items()):
         row(f"  pain: {rule_id}", None, n)
+    # care decided per status (no webhook is configured in the demo: decided and recorded)
+    for r in client.query("care_status_totals"):
+        row(f"  care: {r['status']}", None, int(r["actions"]))
     console.print(t)
     console.print("[green]all counts match[/]" if ok else "[red]counts differ[/]")
     return ok

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.dead_letter import MAX_RAW_KEPT, DeadLetter, dead_letter_id
@@ -48,6 +49,17 @@ class RawRecord:
     topic: str
     partition: int
     offset: int
+    #: published by ``touchpath replay`` (header): care is decided and recorded, not sent
+    replay: bool = False
+
+
+#: Kafka header ``touchpath replay`` puts on re-published records.
+REPLAY_HEADER = "touchpath-replay"
+
+
+def is_replay(headers: list[tuple[str, bytes | None]] | None) -> bool:
+    """True if the record carries the replay header (any value but ``0``)."""
+    return any(k == REPLAY_HEADER and v != b"0" for k, v in headers or ())
 
 
 @dataclass
@@ -94,8 +106,18 @@ def split_batch(
             "p": rec.partition,
             "o": rec.offset,
         }
+        if rec.replay:
+            item["r"] = 1
+        # The encoded size, not the raw one: validation can grow an event (hashes, numbers
+        # like 1e15 written out), and a message over the broker's limit would fail the whole
+        # batch again on every retry.
+        n = len(orjson.dumps(item)) + 1
+        if n > max_bytes:
+            rej = Rejection("too_large", f"event is {n} bytes once validated, limit {max_bytes}")
+            out.dead_letters.append(_dead_letter(rec, raw, rej, validator, now))
+            out.dead_by_reason[rej.reason] += 1
+            continue
         chunk, size = open_chunks.get(part, (None, 0))
-        n = len(raw) + 96
         if chunk is None or len(chunk) >= max_items or size + n > max_bytes:
             chunk, size = [], 0
             out.batches.setdefault(part, []).append(chunk)
@@ -166,6 +188,7 @@ class Ingestor:
             idle_after=settings.idle_advance_seconds, follow_wall_time=True
         )
         self._sent_wm: dict[int, tuple[float | None, float]] = {}
+        self._lag_at = 0.0
         self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -182,6 +205,7 @@ class Ingestor:
         """Process one batch; returns the number of raw records handled (0 when idle)."""
         n = max_messages or max(self.settings.batch_max_events * 4, 500)
         msgs = self.consumer.consume(n, timeout or self.settings.batch_max_ms / 1000)
+        self._report_lag()
         if not msgs:
             self._heartbeat(min_interval=1.0)
             return 0
@@ -193,7 +217,9 @@ class Ingestor:
                 if m.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error on %s: %s", self.raw_topic, m.error())
                 continue
-            records.append(RawRecord(m.value(), m.topic(), m.partition(), m.offset()))
+            records.append(
+                RawRecord(m.value(), m.topic(), m.partition(), m.offset(), is_replay(m.headers()))
+            )
         if not records:
             return 0
         if log.isEnabledFor(logging.DEBUG):
@@ -221,6 +247,26 @@ class Ingestor:
         self._count(result, len(records))
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(records)
+
+    def _report_lag(self, every: float = 5.0) -> None:
+        """Consumer lag per raw partition (high watermark - position), every few seconds.
+
+        On the embedded broker the high watermark is the last batch's base offset + 1
+        (design.md), so the lag there under-reads by up to one producer batch.
+        """
+        now = time.monotonic()
+        if now - self._lag_at < every:
+            return
+        self._lag_at = now
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=1.0)
+                pos = tp.offset if tp.offset >= 0 else 0
+                metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, high - pos)
+                )
+        except KafkaException as exc:  # a metric must never stop ingest
+            log.debug("consumer lag not available: %s", exc)
 
     def _watermark(self) -> float | None:
         wm = self.watermarks.value(time.monotonic())

@@ -112,3 +112,32 @@ CARE_REDELIVERY_SKIPPED = Counter(
     "Sent care actions seen again (restart, rebalance, replay) and not delivered twice.",
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "touchpath_consumer_lag_messages",
+    "Raw-topic messages not yet consumed, per partition (high watermark - position).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+EVENT_LAG = Histogram(
+    "touchpath_event_lag_seconds",
+    "Wall time from an event's occurred_at to its evaluation by the journey stage.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, 604800),
+    registry=REGISTRY,
+)
+JOURNEY_UPDATES = Counter(
+    "touchpath_journey_updates_total",
+    "Journey records emitted (on change and on close), per outcome (open, completed, abandoned).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+STATE_KEYS = Gauge(
+    "touchpath_state_keys",
+    "Keys held in this worker's state tables (identity keys, customers).",
+    ["table"],
+    registry=REGISTRY,
+)
+HELD_EVENTS = Gauge(
+    "touchpath_identity_held_events",
+    "Anonymous events buffered until their customer is known (this worker).",
+    registry=REGISTRY,
+)

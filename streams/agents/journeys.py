@@ -13,6 +13,7 @@ acked — so Faust commits source offsets after state and outputs are durable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -41,7 +42,7 @@ from streams.engine.identity import (
 from streams.engine.journey import REPLAY_FLAG, CustomerState, JourneyEngine, Outputs
 from streams.engine.stage import JourneyStage, customer_key
 from streams.partitioning import partition_for
-from streams.producer import WorkerProducer
+from streams.producer import MARKER_KEY, WorkerProducer
 from streams.warehouse import Warehouse
 from streams.watermark import SourceWatermarks
 
@@ -146,6 +147,8 @@ def register(
                 for part in range(n):
                     producer.produce(t_events, msg, None, part)
 
+    rescan_held = asyncio.Event()
+
     @app.agent(
         app.topic(t_valid, t_links, value_serializer="raw", key_serializer="raw"), name="identify"
     )
@@ -159,13 +162,24 @@ def register(
                 raise
 
     async def _identify_batch(batch: list[Any]) -> None:
+        if rescan_held.is_set():
+            # first batch after a (re)assignment: the recovered table is complete by now
+            rescan_held.clear()
+            held = 0
+            for k, v in identity.data.items():
+                if v and k != MARKER_KEY:
+                    held += len(orjson.loads(v).get("h") or ())
+            metrics.HELD_EVENTS.set(held)
         states: dict[str, KeyState] = {}
+        held_before = 0
 
         def key_state(key: str) -> KeyState:
+            nonlocal held_before
             st = states.get(key)
             if st is None:
                 raw = identity.get(key.encode())
                 st = states[key] = KeyState.from_json(orjson.loads(raw)) if raw else KeyState()
+                held_before += len(st.held)
             return st
 
         events, links = _Outbox(producer, n), _Outbox(producer, n)
@@ -211,8 +225,12 @@ def register(
                 sources.add(q)
         if link_rows:
             await warehouse.land("identity_links", link_rows)
+        held_after = 0
         for key, st in states.items():
             identity[key.encode()] = orjson.dumps(st.to_json())
+            held_after += len(st.held)
+        metrics.HELD_EVENTS.inc(held_after - held_before)
+        metrics.STATE_KEYS.labels(table="identity").set(len(identity.data))
         events.send("items")
         links.send("links")
         # Progress goes out after the events it covers: downstream applies a watermark
@@ -274,6 +292,8 @@ def register(
         for j in out.journeys.values():
             box.add(t_journeys, customer_key(j["customer_id"]), {**j, "updated_at": now})
         box.send("journeys")
+        for j in out.journeys.values():
+            metrics.JOURNEY_UPDATES.labels(outcome=j["outcome"]).inc()
         for a in out.care_actions:
             care.add(t_care, customer_key(a["customer_id"]), a)
         care.send("actions")
@@ -289,6 +309,7 @@ def register(
         async for batch in stream.take_events(50, within=0.05):
             out = Outputs()
             now = time.monotonic()
+            wall = time.time()
             for event in batch:
                 p = event.message.partition
                 ensure_partition(p)
@@ -298,6 +319,7 @@ def register(
                         stage.profile(item["c"], item["profile"])
                     else:
                         stage.step(item["c"], item["ev"], item["ts"], out)
+                        metrics.EVENT_LAG.observe(wall - item["ts"])
                 if obj.get("wm") is not None:
                     wms = journey_wms.get(p)
                     if wms is None:
@@ -307,6 +329,11 @@ def register(
                     wms.observe(str(obj["src"]), obj["wm"], now)
                     stage.advance(p, wms.value(now) - lateness, out)
             await publish(out)
+            metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
+
+    @app.on_rebalance_complete.connect
+    async def _rescan(sender: Any, **_: Any) -> None:
+        rescan_held.set()  # tables change with the assignment: count again
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
