@@ -1,15 +1,20 @@
 """Offline backtest: historic logs through the same engine the live worker runs.
 
-Reads touchpoint logs (the raw wire format), validates them exactly as ingest does,
-orders events by event time, runs identity → journeys → rules in-process (no Kafka), and
-writes ``pain_points.jsonl`` and ``journeys.jsonl`` deterministically: the same input
-gives byte-identical output.
+Reads touchpoint logs (the raw wire format) or the landed ClickHouse ``touchpoints``
+table, validates them exactly as ingest does, orders events by event time with a bounded
+memory external sort (:mod:`replay.sort`), runs identity → journeys → rules → care
+in-process (no Kafka), and writes ``pain_points.jsonl``, ``journeys.jsonl`` and
+``care_actions.jsonl`` deterministically: the same input gives byte-identical output,
+whether or not the sort spilled to disk.
+
+Several variants (rule sets / care policies) can run over one read of the input
+(:func:`backtest_variants`), which is what ``touchpath backtest --compare`` diffs.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +22,21 @@ from typing import Any
 
 import orjson
 
-from replay.sources import expand, iter_lines
+from replay.sort import ExternalSorter, SortItem
+from replay.sources import FileSet, TableSource, expand, iter_lines
 from schemas.customer import CustomerProfile
 from schemas.validation import Rejection, Validator
+from streams.engine.care import CareEngine
+from streams.engine.identity import IdentityLimits
 from streams.engine.journey import EngineConfig
 from streams.engine.rules import RuleSet
 from streams.engine.runner import Runner
+
+#: Events held in memory before the sort spills a run to disk (~1–2 KB each).
+DEFAULT_RUN_SIZE = 200_000
+
+#: ``progress(done, total)``: bytes (files) or rows (table) while reading, then events.
+ProgressFn = Callable[[int, int | None], None]
 
 
 @dataclass
@@ -30,12 +44,22 @@ class BacktestResult:
     pain_points: list[dict[str, Any]]
     journeys: list[dict[str, Any]]
     events: int
+    care_actions: list[dict[str, Any]] = field(default_factory=list)
     invalid: Counter[str] = field(default_factory=Counter)
     invalid_examples: list[str] = field(default_factory=list)
     customers: int = 0
     late: int = 0
     duplicates: int = 0
     held_unidentified: int = 0
+    spilled_runs: int = 0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration to backtest: a rule set and an optional care policy."""
+
+    rules: RuleSet
+    care: CareEngine | None = None
 
 
 def read_profiles(path: Path, validator: Validator) -> list[dict[str, Any]]:
@@ -50,22 +74,42 @@ def read_profiles(path: Path, validator: Validator) -> list[dict[str, Any]]:
     return out
 
 
+def collect_events(
+    records: Iterable[tuple[Any, bytes]],
+    describe: Callable[[Any], str],
+    validator: Validator,
+    now: datetime,
+    result: BacktestResult,
+    add: Callable[[SortItem], None],
+    tick: Callable[[], None] | None = None,
+) -> None:
+    """Validate ``(position, raw)`` records and ``add`` the valid ones as sort items; bad
+    ones are counted in ``result`` with ``file:line`` examples. ``tick`` is called every
+    4096 records (progress)."""
+    validate = validator.validate
+    invalid, examples = result.invalid, result.invalid_examples
+    for n, (pos, raw) in enumerate(records, 1):
+        tp = validate(raw, now)
+        if type(tp) is Rejection:
+            invalid[tp.reason] += 1
+            if len(examples) < 5:
+                examples.append(f"{describe(pos)}: {tp.reason}: {tp.error}")
+        else:
+            ev = tp.model_dump(mode="json", exclude_none=True)
+            add((tp.occurred_at.timestamp(), tp.event_id, tp.identity_key, ev))
+        if tick is not None and not n & 4095:
+            tick()
+
+
 def read_events(
     paths: Iterable[Path], validator: Validator, now: datetime, result: BacktestResult
 ) -> list[tuple[float, str, dict[str, Any], str]]:
-    """Valid events as ``(ts, event_id, event, identity_key)``, bad lines counted."""
-    events = []
-    for path in expand(list(paths)):
-        for lineno, raw in iter_lines(path):
-            tp = validator.validate(raw, now)
-            if isinstance(tp, Rejection):
-                result.invalid[tp.reason] += 1
-                if len(result.invalid_examples) < 5:
-                    result.invalid_examples.append(f"{path}:{lineno}: {tp.reason}: {tp.error}")
-                continue
-            ev = tp.model_dump(mode="json", exclude_none=True)
-            events.append((tp.occurred_at.timestamp(), tp.event_id, ev, tp.identity_key))
-    return events
+    """Valid events as ``(ts, event_id, event, identity_key)`` in input order (all in
+    memory: for small inputs and tests; the backtest itself streams)."""
+    files = FileSet(expand(list(paths)), max_bytes=validator.max_record_bytes)
+    items: list[SortItem] = []
+    collect_events(files.records(), files.describe, validator, now, result, items.append)
+    return [(ts, eid, ev, key) for ts, eid, key, ev in items]
 
 
 def backtest(
@@ -77,26 +121,124 @@ def backtest(
     config: EngineConfig | None = None,
     partitions: int = 4,
     until: datetime | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    care: CareEngine | None = None,
+    table: TableSource | None = None,
+    identity: IdentityLimits | None = None,
+    run_size: int = DEFAULT_RUN_SIZE,
+    tmp_dir: Path | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> BacktestResult:
-    """Run the engine over the logs; see the module docstring."""
-    result = BacktestResult([], [], 0)
+    """Run the engine over the logs (and/or ``table``); see the module docstring."""
+    return backtest_variants(
+        event_paths,
+        [Variant(rules, care)],
+        validator=validator,
+        customers_path=customers_path,
+        config=config,
+        partitions=partitions,
+        until=until,
+        progress=progress,
+        table=table,
+        identity=identity,
+        run_size=run_size,
+        tmp_dir=tmp_dir,
+        phase=phase,
+    )[0]
+
+
+def backtest_variants(
+    event_paths: list[Path],
+    variants: list[Variant],
+    *,
+    validator: Validator,
+    customers_path: Path | None = None,
+    config: EngineConfig | None = None,
+    partitions: int = 4,
+    until: datetime | None = None,
+    progress: ProgressFn | None = None,
+    table: TableSource | None = None,
+    identity: IdentityLimits | None = None,
+    run_size: int = DEFAULT_RUN_SIZE,
+    tmp_dir: Path | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> list[BacktestResult]:
+    """One read, validation and sort of the input; each variant's engine fed in lockstep.
+
+    The engine only reads the event dicts, so the variants share them. Each result is what
+    :func:`backtest` gives for that variant alone (the same bytes).
+    """
+    shared = BacktestResult([], [], 0)
     now = datetime.now(UTC)
     profiles = read_profiles(customers_path, validator) if customers_path else []
-    events = read_events(event_paths, validator, now, result)
-    events.sort(key=lambda e: (e[0], e[1]))
-    runner = Runner(rules, config, partitions=partitions)
-    for p in profiles:
-        runner.load_profile(p)
-    total = len(events)
-    for i, (ts, _eid, ev, key) in enumerate(events, 1):
-        runner.process(ev, ts, key)
-        if progress is not None and (i % 10_000 == 0 or i == total):
-            progress(i, total)
+    with ExternalSorter(run_size, tmp_dir) as sorter:
+        if phase is not None:
+            phase("reading")
+        files = FileSet(expand(event_paths), max_bytes=validator.max_record_bytes)
+        if files.paths:
+            total = files.bytes_total
+            tick = None if progress is None else lambda: progress(files.bytes_read, total)
+            collect_events(
+                files.records(), files.describe, validator, now, shared, sorter.add, tick
+            )
+        if table is not None:
+            rows = [0]
+
+            def counted() -> Iterator[tuple[Any, bytes]]:
+                for pos, raw in table.records():
+                    rows[0] += 1
+                    yield pos, raw
+
+            total_rows = table.count() if progress is not None else None
+            tick = None if progress is None else lambda: progress(rows[0], total_rows)
+            collect_events(counted(), table.describe, validator, now, shared, sorter.add, tick)
+        if phase is not None:
+            phase("running")
+        runners = [
+            Runner(v.rules, config, identity=identity, partitions=partitions, care=v.care)
+            for v in variants
+        ]
+        for runner in runners:
+            for p in profiles:
+                runner.load_profile(p)
+        total = sorter.count
+        i = 0
+        if len(runners) == 1:
+            process = runners[0].process
+            for ts, _eid, key, ev in sorter.sorted():
+                process(ev, ts, key)
+                i += 1
+                if progress is not None and (not i % 10_000 or i == total):
+                    progress(i, total)
+        else:
+            for ts, _eid, key, ev in sorter.sorted():
+                for runner in runners:
+                    runner.process(ev, ts, key)
+                i += 1
+                if progress is not None and (not i % 10_000 or i == total):
+                    progress(i, total)
+        spilled = sorter.spilled_runs
+    return [_result(r, shared, total, until, spilled) for r in runners]
+
+
+def _result(
+    runner: Runner, shared: BacktestResult, total: int, until: datetime | None, spilled: int
+) -> BacktestResult:
     out = runner.finish(until.timestamp() if until else None)
-    result.events = total
+    result = BacktestResult(
+        [],
+        [],
+        total,
+        invalid=Counter(shared.invalid),
+        invalid_examples=list(shared.invalid_examples),
+        spilled_runs=spilled,
+    )
     result.pain_points = sorted(
         out.pain_points, key=lambda p: (p["detected_at"], p["pain_point_id"])
+    )
+    # decision order per action (held before sent) is kept by the stable sort
+    result.care_actions = sorted(
+        out.care_actions, key=lambda a: (a["decided_at"], a["customer_id"], a["action_id"])
     )
     result.journeys = sorted(
         out.journeys.values(), key=lambda j: (j["customer_id"], j["started_at"], j["journey_id"])

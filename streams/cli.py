@@ -53,6 +53,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per care delivery is per-event logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -193,7 +195,9 @@ def validate(
 
 @app.command()
 def backtest(
-    events: Annotated[list[Path], typer.Argument(help="Event logs: JSONL/JSONL.gz files or dirs.")],
+    events: Annotated[
+        list[Path] | None, typer.Argument(help="Event logs: JSONL/JSONL.gz files, dirs, globs.")
+    ] = None,
     customers: Annotated[
         Path | None, typer.Option(help="CRM profiles (customers.jsonl) to link identities.")
     ] = None,
@@ -203,28 +207,53 @@ def backtest(
     rules: Annotated[
         Path | None, typer.Option(help="Rules YAML (default: the built-in library).")
     ] = None,
+    care_policy: Annotated[
+        Path | None, typer.Option(help="Care policy YAML (default: the built-in policy).")
+    ] = None,
     until: Annotated[
         datetime | None,
         typer.Option(help="Advance the clock to this time at the end (fires later deadlines)."),
     ] = None,
+    from_clickhouse: Annotated[
+        bool, typer.Option(help="Read the landed touchpoints table (by --from/--to).")
+    ] = False,
+    start: Annotated[
+        str | None, typer.Option("--from", help="With --from-clickhouse: events at/after (ISO).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="With --from-clickhouse: events before (ISO).")
+    ] = None,
+    compare: Annotated[
+        Path | None, typer.Option(help="Also run these rules; write the diff (diff.json).")
+    ] = None,
+    compare_policy: Annotated[
+        Path | None, typer.Option(help="Also run this care policy; write the diff (diff.json).")
+    ] = None,
+    sort_buffer: Annotated[
+        int, typer.Option(min=1, help="Events sorted in memory before spilling a run to disk.")
+    ] = 200_000,
 ) -> None:
     """Run logs through the journey engine in-process (no Kafka) and write the results.
 
-    Writes pain_points.jsonl and journeys.jsonl (deterministic: same input, same bytes) and
-    prints a summary. The clock ends where the events leave it (last event time minus the
+    Writes pain_points.jsonl, journeys.jsonl and care_actions.jsonl (deterministic: same
+    input, same bytes; a care action "sent" here means "would be delivered") and prints a
+    summary. The clock ends where the events leave it (last event time minus the
     allowed lateness, as live): deadlines after it do not fire unless --until is given.
     """
-    from replay.backtest import backtest as run_backtest
-    from replay.backtest import write_jsonl
+    from replay.backtest import Variant, backtest_variants, write_jsonl
+    from replay.commands import ReplayError, backtest_input, compare_variant, write_compare
     from schemas.validation import Validator
-    from streams.engine.rules import RuleFileError
+    from streams.engine_settings import care as load_care
     from streams.engine_settings import engine_config
     from streams.engine_settings import rules as load_configured_rules
 
-    settings = _settings(rules_file=rules)
+    settings = _settings(rules_file=rules, care_policy_file=care_policy)
+    ruleset = load_configured_rules(settings)  # a bad file: one line, exit 2 (main)
+    care_engine = load_care(settings)
     try:
-        ruleset = load_configured_rules(settings)
-    except RuleFileError as exc:
+        events, table = backtest_input(settings, events, from_clickhouse, start, end)
+        other = compare_variant(settings, compare, compare_policy)
+    except ReplayError as exc:
         raise CliError(str(exc)) from None
     for p in [*events, *([customers] if customers else [])]:
         if not p.exists():
@@ -235,18 +264,22 @@ def backtest(
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("backtest", total=None)
-        result = run_backtest(
+        result, *others = backtest_variants(
             events,
-            ruleset,
+            [Variant(ruleset, care_engine), *([other] if other else [])],
             validator=Validator.from_settings(settings),
             customers_path=customers,
             config=engine_config(settings),
             partitions=settings.partitions,
             until=until,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            table=table,
+            run_size=sort_buffer,
+            phase=lambda name: progress.update(task, description=name, completed=0, total=None),
         )
     write_jsonl(out_dir / "pain_points.jsonl", result.pain_points)
     write_jsonl(out_dir / "journeys.jsonl", result.journeys)
+    write_jsonl(out_dir / "care_actions.jsonl", result.care_actions)
     by_rule = Counter(p["rule_id"] for p in result.pain_points)
     t = Table(title=f"backtest → {out_dir}")
     t.add_column("what")
@@ -261,9 +294,84 @@ def backtest(
     t.add_row("pain points", str(len(result.pain_points)))
     for rule_id in ruleset.ids:
         t.add_row(f"  {rule_id}", str(by_rule.get(rule_id, 0)))
+    t.add_row("care decisions", str(len(result.care_actions)))
+    for status, count in sorted(Counter(a["status"] for a in result.care_actions).items()):
+        t.add_row(f"  {status}", str(count))
     out.print(t)
     for example in result.invalid_examples:
         out.print(f"  [yellow]invalid[/] {example}", highlight=False, soft_wrap=True)
+    if others:
+        write_compare(out_dir, result, others[0], settings, compare, compare_policy, out)
+
+
+@app.command()
+def replay(
+    sources: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Event logs: JSONL/JSONL.gz files, directories or quoted globs."),
+    ] = None,
+    from_clickhouse: Annotated[
+        bool, typer.Option(help="Replay the landed touchpoints table (by --from/--to) instead.")
+    ] = False,
+    topic: Annotated[str | None, typer.Option(help="Target topic (default: raw topic).")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap (default: TOUCHPATH_KAFKA_BOOTSTRAP).")
+    ] = None,
+    speed: Annotated[
+        str, typer.Option(help="'max', or a multiple of real time paced by event time: '60x'.")
+    ] = "max",
+    start: Annotated[
+        str | None, typer.Option("--from", help="Only events at/after this ISO time (naive: UTC).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Only events before this time.")] = None,
+    channel: Annotated[
+        list[str] | None, typer.Option(help="Only this channel (repeatable).")
+    ] = None,
+    customer: Annotated[
+        list[str] | None, typer.Option(help="Only this identifiers.customer_id (repeatable).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Send at most N records.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue this replay from its last acknowledged position.")
+    ] = False,
+    live_actions: Annotated[
+        bool, typer.Option(help="Send without replay headers: the worker delivers care actions.")
+    ] = False,
+    validate: Annotated[
+        bool,
+        typer.Option(help="Validate every record for an exact bad count (--no-validate: faster)."),
+    ] = True,
+) -> None:
+    """Re-publish historic records to Kafka, keyed and as bytes as live producers sent them.
+
+    Records carry the header touchpath-replay: 1 (care actions recorded, not delivered)
+    unless --live-actions. Bad records go on to the worker's dead-letter path. Ctrl-C
+    flushes, saves the acknowledged position and exits 130; --resume continues from it.
+    """
+    from replay.commands import ReplayError, ReplayRequest, run_replay_command
+
+    settings = _settings()
+    _setup_logging("warn")
+    request = ReplayRequest(
+        sources=list(sources or []),
+        from_clickhouse=from_clickhouse,
+        topic=topic,
+        bootstrap=bootstrap,
+        speed=speed,
+        start=start,
+        end=end,
+        channels=channel,
+        customers=customer,
+        limit=limit,
+        resume=resume,
+        live_actions=live_actions,
+        validate=validate,
+    )
+    try:
+        code = run_replay_command(settings, request, console, out)
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -281,13 +389,22 @@ def schemas(
 
 def main() -> None:
     """Console-script entry point: expected errors become one line and exit code 2."""
+    from replay.sources import SourceError
     from sinks.clickhouse.errors import ClickHouseError
+    from streams.engine.care import CarePolicyError
     from streams.engine.rules import RuleFileError
     from streams.runtime import RuntimeStartError
 
     try:
         app()
-    except (CliError, RuntimeStartError, ClickHouseError, RuleFileError) as exc:
+    except (
+        CliError,
+        RuntimeStartError,
+        ClickHouseError,
+        RuleFileError,
+        CarePolicyError,
+        SourceError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
