@@ -7,15 +7,22 @@ Every field can be set through the environment with the ``TOUCHPATH_`` prefix
 
 from __future__ import annotations
 
+import re
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The PII key used when none is configured. Fine for the embedded demo; a real
 #: deployment must set ``TOUCHPATH_PII_SECRET`` (the worker warns when it is not).
 DEV_PII_SECRET = "touchpath-dev-only-secret"
+
+#: One bootstrap server: host (name, IPv4 or [IPv6]) and an optional port.
+_BROKER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?")
+#: A ClickHouse database name (it is pasted into DDL).
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Settings(BaseSettings):
@@ -59,19 +66,38 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, description="Partitions of topics touchpath creates.")
     app_id: str = Field(default="touchpath", description="Faust app id / consumer group prefix.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism (default PLAIN with a SASL protocol)."
+    )
     kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validate_default=True, description="Required with a SASL protocol."
+    )
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None, description="CA bundle (PEM) to verify the brokers (default: system CAs)."
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None, description="Private key (PEM) of the client certificate."
+    )
+    kafka_ssl_key_password: SecretStr | None = None
 
     # --- ClickHouse ------------------------------------------------------------------------
     clickhouse_host: str | None = Field(
         default=None, description="ClickHouse server host. Unset: embedded chDB in data_dir."
     )
-    clickhouse_port: int = 8123
+    clickhouse_port: int = Field(default=8123, ge=1, le=65535, description="8443 for HTTPS.")
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_secure: bool = False
+    clickhouse_secure: bool = Field(default=False, description="HTTPS to the ClickHouse server.")
+    clickhouse_verify: bool = Field(
+        default=True, description="Verify the server's TLS certificate (with secure)."
+    )
+    clickhouse_ca_cert: FilePath | None = Field(
+        default=None, description="CA bundle (PEM) to verify the server (default: certifi)."
+    )
     clickhouse_database: str = "touchpath"
 
     # --- local state -----------------------------------------------------------------------
@@ -102,6 +128,13 @@ class Settings(BaseSettings):
     max_steps_per_customer: int = Field(default=500, ge=10)
     max_held_per_identifier: int = Field(default=200, ge=1)
     max_held_age_days: float = Field(default=7.0, gt=0)
+    watermark_align_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Ingest pauses a raw partition whose event time runs this far ahead of the "
+        "slowest one (watermark alignment): a backlog is read evenly in event time, so "
+        "downstream state and reorder buffers stay bounded.",
+    )
     idle_advance_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -147,6 +180,48 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator(
+        "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_cafile", "kafka_ssl_certfile",
+        "kafka_ssl_keyfile", "kafka_ssl_key_password", "clickhouse_ca_cert", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _unset_if_empty(cls, v: object) -> object:
+        # compose files and CI pass unset variables as ""
+        return None if v == "" else v
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = [p.strip() for p in v.split(",")]
+        for part in parts:
+            m = _BROKER.fullmatch(part)
+            if m is None or (m.group(2) and not 0 < int(m.group(2)) < 65536):
+                raise ValueError(
+                    f"{part[:80]!r} is not host:port (e.g. broker1:9092,broker2:9092; "
+                    "no scheme: TLS/SASL are TOUCHPATH_KAFKA_SECURITY_PROTOCOL)"
+                )
+        return ",".join(parts)
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database_name(cls, v: str) -> str:
+        if not _IDENTIFIER.fullmatch(v):
+            raise ValueError(f"{v[:80]!r} is not a plain identifier (letters, digits, _)")
+        return v
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _sasl_credentials(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        protocol = info.data.get("kafka_security_protocol", "")
+        if protocol.startswith("SASL_") and (v is None or not info.data.get("kafka_sasl_username")):
+            raise ValueError(
+                f"TOUCHPATH_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                "TOUCHPATH_KAFKA_SASL_USERNAME and TOUCHPATH_KAFKA_SASL_PASSWORD"
+            )
+        return v
+
     @field_validator("care_endpoints")
     @classmethod
     def _endpoints(cls, v: str) -> str:
@@ -172,15 +247,70 @@ class Settings(BaseSettings):
     def chdb_path(self) -> Path:
         return (self.data_dir / "chdb").resolve()
 
+    @property
+    def kafka_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    @property
+    def kafka_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
     def kafka_client_config(self) -> dict[str, str]:
-        """librdkafka (confluent-kafka) security settings, passed through as given."""
+        """librdkafka (confluent-kafka) security settings, passed through as given.
+
+        Used by every confluent-kafka client of the worker (ingest, outputs, changelogs, topic
+        admin); :meth:`faust_broker_credentials` gives the same to Faust's aiokafka clients.
+        """
         conf: dict[str, str] = {"security.protocol": self.kafka_security_protocol}
-        if self.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            conf["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password:
-            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_cafile:
-            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_sasl:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            if self.kafka_sasl_password is not None:
+                conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_tls:
+            if self.kafka_ssl_cafile:
+                conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+            if self.kafka_ssl_certfile:
+                conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+            if self.kafka_ssl_keyfile:
+                conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+            if self.kafka_ssl_key_password is not None:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         return conf
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of Faust's (aiokafka's) connections, or None without TLS."""
+        if not self.kafka_tls:
+            return None
+        ctx = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        if self.kafka_ssl_certfile:
+            ctx.load_cert_chain(
+                str(self.kafka_ssl_certfile),
+                str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                self.kafka_ssl_key_password.get_secret_value()
+                if self.kafka_ssl_key_password
+                else None,
+            )
+        return ctx
+
+    def faust_broker_credentials(self) -> Any:
+        """``broker_credentials`` for :class:`faust.App`: the same security as
+        :meth:`kafka_client_config`, for Faust's aiokafka consumer, producer and admin
+        client. None for PLAINTEXT."""
+        import faust  # lazily: only the worker needs it
+
+        ctx = self.kafka_ssl_context()
+        if self.kafka_sasl:
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password.get_secret_value()
+                if self.kafka_sasl_password
+                else None,
+                mechanism=self.kafka_sasl_mechanism or "PLAIN",
+                ssl_context=ctx,
+            )
+        if ctx is not None:
+            return faust.SSLCredentials(ctx)
+        return None

@@ -141,3 +141,8 @@ HELD_EVENTS = Gauge(
     "Anonymous events buffered until their customer is known (this worker).",
     registry=REGISTRY,
 )
+INGEST_PAUSED = Gauge(
+    "touchpath_ingest_paused_partitions",
+    "Raw partitions paused by watermark alignment (ahead of the slowest in event time).",
+    registry=REGISTRY,
+)

@@ -47,6 +47,15 @@ class SourceWatermarks:
         self._seen_at.setdefault(src, now)
         self.expected.add(src)
 
+    def caught_up(self, src: str, now: float) -> None:
+        """Input ``src`` has nothing more right now (end of partition): idle at once, so it
+        does not hold the watermark back until it delivers again."""
+        self._seen_at[src] = now - self.idle_after
+
+    def progress(self, src: str) -> float:
+        """Largest event time ``src`` has delivered (``-inf``: nothing yet)."""
+        return self._max.get(src, NEG_INF)
+
     def forget(self, src: str) -> None:
         """Input ``src`` is gone (revoked, or an upstream instance left)."""
         self._max.pop(src, None)
