@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.pii import replace_raw_pii
+from schemas.pii import hash_pii_keys, replace_raw_pii
 
 SCHEMA_VERSION = 1
 
@@ -88,8 +88,9 @@ class SmsType(StrEnum):
 
 Text = Annotated[str, Field(max_length=MAX_STRING)]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Strict like the StrictInt/StrictBool fields: "5" or true is a wrong type, not a number.
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 #: Identifier kinds from strongest to weakest: the identity key of an event is the first
 #: one it carries (design.md, Identity).
@@ -147,14 +148,14 @@ class TouchpointBase(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _extras_to_attributes(cls, data: Any) -> Any:
+    def _extras_to_attributes(cls, data: Any, info: ValidationInfo) -> Any:
         # Producers add keys of their own; they are kept, but under `attributes`, so the
-        # top level stays a closed, typed schema.
+        # top level stays a closed, typed schema. Raw phone/email keys among them are hashed.
         if not isinstance(data, dict):
             return data
         known = cls._known
         extra = [k for k in data if k not in known]
-        if not extra:
+        if not extra and not data.get("attributes"):
             return data
         data = dict(data)
         attrs = (
@@ -166,7 +167,7 @@ class TouchpointBase(BaseModel):
             attrs = {}
         for k in extra:
             attrs[k] = data.pop(k)
-        data["attributes"] = attrs
+        data["attributes"] = hash_pii_keys(attrs, info.context, "attributes.")
         return data
 
     @field_validator("occurred_at", mode="before")

@@ -13,6 +13,7 @@ Reason codes (stable; they label metrics and dead letters):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,8 @@ REASONS = (
     "future_timestamp",
     "ancient_timestamp",
 )
+
+_PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z_ .\-]{0,39}")
 
 # pydantic error types that map straight onto a reason; anything else is `wrong_type`.
 _ERROR_REASONS = {
@@ -128,12 +131,16 @@ class Validator:
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
             return Rejection("invalid_utf8", f"not UTF-8 at byte {uexc.start}")
-        # orjson refuses NaN/Infinity; the stdlib parser accepts them, which tells us why.
-        try:
-            json.loads(raw)
-        except (ValueError, RecursionError):
-            return Rejection("invalid_json", f"invalid JSON: {str(exc)[:200]}")
-        return Rejection("non_finite_number", "NaN or Infinity is not a number in JSON")
+        detail = str(exc)
+        if detail.startswith("depth limit exceeded"):
+            # orjson stops at 1024 levels; deeper is the same fault as 9 levels.
+            return Rejection("too_deep", f"nesting deeper than {self.max_depth}")
+        # orjson refuses NaN/Infinity (and numbers that overflow a double); the stdlib parser
+        # accepts them, and its hooks tell whether that was the reason. Anything else orjson
+        # refuses (e.g. an escaped lone surrogate, which is no text) is invalid JSON.
+        if _has_non_finite(raw):
+            return Rejection("non_finite_number", "NaN or Infinity is not a number in JSON")
+        return Rejection("invalid_json", f"invalid JSON: {detail[:200]}")
 
     def _check_bounds(self, obj: dict[str, Any]) -> Rejection | None:
         """Depth and string-size bounds over the whole record, before typed validation."""
@@ -159,6 +166,29 @@ class Validator:
         return None
 
 
+def _has_non_finite(raw: bytes) -> bool:
+    """True if ``raw`` is JSON apart from NaN, Infinity or numbers beyond a double's range."""
+    found = False
+
+    def constant(_: str) -> float:
+        nonlocal found
+        found = True
+        return 0.0
+
+    def number(text: str) -> float:
+        nonlocal found
+        # orjson reads big integers as doubles too; > 309 digits overflow one.
+        if len(text.lstrip("-")) > 309 or float(text) in (float("inf"), float("-inf")):
+            found = True
+        return 0.0
+
+    try:
+        json.loads(raw, parse_constant=constant, parse_float=number, parse_int=number)
+    except (ValueError, RecursionError):
+        return False  # not JSON at all, whatever numbers it holds
+    return found
+
+
 def _loc(err: Any) -> str:
     # Drop the union tag ("web", "call_centre"...) pydantic puts first in the location.
     parts = [str(p) for p in err["loc"]]
@@ -179,10 +209,14 @@ def _rejection_from(exc: ValidationError) -> Rejection:
         reason = "unknown_channel"
     msg = first["msg"]
     if etype == "union_tag_invalid":
-        tag = (first.get("ctx") or {}).get("tag", "?")
-        msg = f"channel: unknown channel {str(tag)[:40]!r} (web, call_centre, store, sms)"
+        # Echo the producer's value only when it is a plain word: anything else (a phone
+        # number put in the wrong field, say) must not reach dead letters or logs.
+        tag = str((first.get("ctx") or {}).get("tag", ""))
+        shown = repr(tag) if _PLAIN_WORD.fullmatch(tag) else "(not shown)"
+        msg = f"channel: unknown channel {shown} (web, call_centre, store, sms)"
+        loc = "channel"
     elif etype == "union_tag_not_found":
-        msg = "channel: missing"
+        msg, loc = "channel: missing", "channel"
     text = msg if msg.startswith(loc) else f"{loc}: {msg}"
     if len(errors) > 1:
         text += f" (+{len(errors) - 1} more)"

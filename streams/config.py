@@ -175,6 +175,13 @@ class Settings(BaseSettings):
     web_port: int = Field(default=6066, ge=0, le=65535)
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
+    @field_validator("pii_secret")
+    @classmethod
+    def _pii_secret_set(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("must not be empty (unset it to use the development key)")
+        return v
+
     @field_validator("kafka_bootstrap", "clickhouse_host", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:

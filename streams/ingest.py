@@ -169,6 +169,10 @@ class Ingestor:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 16 * 1024 * 1024,
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                # end of partition = caught up: it stops holding the watermark back at once
+                "enable.partition.eof": True,
+                # a short prefetch queue: less to throw back when alignment pauses a partition
+                "queued.min.messages": 10_000,
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
             }
@@ -189,6 +193,7 @@ class Ingestor:
         )
         self._sent_wm: dict[int, tuple[float | None, float]] = {}
         self._lag_at = 0.0
+        self._paused: set[tuple[str, int]] = set()
         self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -196,6 +201,7 @@ class Ingestor:
         now = time.monotonic()
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
+            self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -207,19 +213,30 @@ class Ingestor:
         msgs = self.consumer.consume(n, timeout or self.settings.batch_max_ms / 1000)
         self._report_lag()
         if not msgs:
+            self._align()
             self._heartbeat(min_interval=1.0)
             return 0
         started = time.perf_counter()
         records: list[RawRecord] = []
         for m in msgs:
             if m.error() is not None:
-                # Partition EOF and transient fetch errors are not data; log once per batch.
-                if m.error().code() != KafkaError._PARTITION_EOF:
+                # Partition EOF and transient fetch errors are not data.
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    self.watermarks.caught_up(f"{m.topic()}:{m.partition()}", time.monotonic())
+                else:
                     log.warning("consume error on %s: %s", self.raw_topic, m.error())
                 continue
             records.append(
                 RawRecord(m.value(), m.topic(), m.partition(), m.offset(), is_replay(m.headers()))
             )
+        self._align()
+        if self._paused:
+            # Already fetched before the pause: put back (re-read after resume), or pausing
+            # would take effect only a prefetch queue later.
+            held = [r for r in records if (r.topic, r.partition) in self._paused]
+            if held:
+                self._rewind(held)
+                records = [r for r in records if (r.topic, r.partition) not in self._paused]
         if not records:
             return 0
         if log.isEnabledFor(logging.DEBUG):
@@ -247,6 +264,32 @@ class Ingestor:
         self._count(result, len(records))
         metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(records)
+
+    def _align(self) -> None:
+        """Watermark alignment: pause raw partitions more than ``watermark_align_seconds`` of
+        event time ahead of the low watermark, resume them once it has caught up.
+
+        librdkafka drains one partition's backlog before the next; unaligned, a replay or a
+        restart would run one partition weeks ahead, and everything downstream that waits
+        for the watermark (care decisions, reordering) would have to hold it all.
+        """
+        wm = self.watermarks.value(time.monotonic())
+        limit = wm + self.settings.watermark_align_seconds
+        pause, resume = [], []
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            ahead = self.watermarks.progress(f"{tp.topic}:{tp.partition}") > limit
+            if ahead and key not in self._paused:
+                pause.append(tp)
+                self._paused.add(key)
+            elif not ahead and key in self._paused:
+                resume.append(tp)
+                self._paused.discard(key)
+        if pause:
+            self.consumer.pause(pause)
+        if resume:
+            self.consumer.resume(resume)
+        metrics.INGEST_PAUSED.set(len(self._paused))
 
     def _report_lag(self, every: float = 5.0) -> None:
         """Consumer lag per raw partition (high watermark - position), every few seconds.

@@ -240,21 +240,32 @@ def _one_line(value: object) -> str:
 
 
 def wait_for_kafka(
-    bootstrap: str, client_config: Mapping[str, Any] | None = None, timeout: float = 5.0
+    bootstrap: str,
+    client_config: Mapping[str, Any] | None = None,
+    timeout: float = 5.0,
+    *,
+    hint: str | None = None,
 ) -> ClusterMetadata:
-    """Return the cluster metadata, or raise :class:`RuntimeStartError` within ``timeout`` s."""
+    """Return the cluster metadata, or raise :class:`RuntimeStartError` within ``timeout`` s.
+
+    The error ends with ``hint`` (default: the settings that decide where and how to connect).
+    """
+    if hint is None:
+        hint = " (check TOUCHPATH_KAFKA_BOOTSTRAP)"
+        if (client_config or {}).get("security.protocol", "PLAINTEXT") != "PLAINTEXT":
+            hint = " (check TOUCHPATH_KAFKA_BOOTSTRAP and _SECURITY_PROTOCOL, _SASL_*, _SSL_*)"
     admin = _admin(bootstrap, client_config)
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise RuntimeStartError(
-            f"cannot reach Kafka at {bootstrap}: {_kafka_error_text(exc)}"
+            f"cannot reach Kafka at {bootstrap}: {_kafka_error_text(exc)}{hint}"
         ) from exc
     finally:
         # AdminClient has no close(); dropping the last reference destroys it and its threads.
         del admin
     if not md.brokers:
-        raise RuntimeStartError(f"cannot reach Kafka at {bootstrap}: no brokers in metadata")
+        raise RuntimeStartError(f"cannot reach Kafka at {bootstrap}: no brokers in metadata{hint}")
     return md
 
 
@@ -441,6 +452,13 @@ class EmbeddedBroker:
             raise RuntimeStartError(f"embedded Kafka broker binary not executable: {binary}")
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="touchpath-broker-"))
+        try:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a data dir under a file, or not writable
+            raise RuntimeStartError(
+                f"cannot create the embedded broker's log directory {self._log_dir}: "
+                f"{exc.strerror or _one_line(exc)}"
+            ) from exc
         deadline = time.monotonic() + timeout
         # A port picked by free_port() can be taken before Tansu binds it; then pick another.
         attempts = 1 if self._fixed_port is not None else 3
@@ -501,7 +519,7 @@ class EmbeddedBroker:
                 time.sleep(0.02)
                 continue
             try:
-                md = wait_for_kafka(self.bootstrap, timeout=min(remaining, 1.0))
+                md = wait_for_kafka(self.bootstrap, timeout=min(remaining, 1.0), hint="")
             except RuntimeStartError as exc:
                 last_error = str(exc)
                 continue

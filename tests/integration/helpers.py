@@ -82,4 +82,3 @@ def final_sent(actions: list[dict]) -> set[str]:
     for a in actions:
         last[a["action_id"]] = a["status"]
     return {k for k, s in last.items() if s == "sent"}
-

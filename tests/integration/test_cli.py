@@ -184,3 +184,87 @@ def test_schemas_command_writes_json_schemas(tmp_path):
     assert r.returncode == 0
     names = sorted(p.name for p in (tmp_path / "js").iterdir())
     assert names == ["customer.schema.json", "dead_letter.schema.json", "touchpoint.schema.json"]
+
+
+# --- every wrong worker setting: one clear line naming it, exit 2, within seconds -------------
+BAD_CARE = """version: 1
+care:
+  - rule: long_queue
+    tiers:
+      A: {kind: carrier_pigeon, template: x}
+"""
+_CLOSED = str(free_port())  # nothing listens there
+WORKER_CONFIG_ERRORS = [
+    # bad broker URLs, an unreachable broker with TLS/SASL (plain: see the test above)
+    # (a malformed address is a settings error at once, not a connection attempt)
+    (
+        {"TOUCHPATH_KAFKA_BOOTSTRAP": "kafka://127.0.0.1:9092"},
+        "bad setting TOUCHPATH_KAFKA_BOOTSTRAP",
+    ),
+    ({"TOUCHPATH_KAFKA_BOOTSTRAP": "127.0.0.1:99999"}, "bad setting TOUCHPATH_KAFKA_BOOTSTRAP"),
+    (
+        {
+            "TOUCHPATH_KAFKA_BOOTSTRAP": f"127.0.0.1:{_CLOSED}",
+            "TOUCHPATH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "TOUCHPATH_KAFKA_SASL_USERNAME": "u",
+            "TOUCHPATH_KAFKA_SASL_PASSWORD": "p",
+        },
+        "_SECURITY_PROTOCOL",
+    ),
+    # transport security settings
+    ({"TOUCHPATH_KAFKA_SECURITY_PROTOCOL": "TLS"}, "TOUCHPATH_KAFKA_SECURITY_PROTOCOL"),
+    ({"TOUCHPATH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "TOUCHPATH_KAFKA_SASL_PASSWORD"),
+    ({"TOUCHPATH_KAFKA_SASL_MECHANISM": "GSSAPI"}, "TOUCHPATH_KAFKA_SASL_MECHANISM"),
+    ({"TOUCHPATH_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "TOUCHPATH_KAFKA_SSL_CAFILE"),
+    ({"TOUCHPATH_CLICKHOUSE_CA_CERT": "/nonexistent/ca.pem"}, "TOUCHPATH_CLICKHOUSE_CA_CERT"),
+    # an unreachable or malformed ClickHouse server
+    (
+        {"TOUCHPATH_CLICKHOUSE_HOST": "127.0.0.1", "TOUCHPATH_CLICKHOUSE_PORT": _CLOSED},
+        "TOUCHPATH_CLICKHOUSE_HOST",
+    ),
+    ({"TOUCHPATH_CLICKHOUSE_HOST": "no such host"}, "TOUCHPATH_CLICKHOUSE_HOST"),
+    ({"TOUCHPATH_CLICKHOUSE_PORT": "http"}, "TOUCHPATH_CLICKHOUSE_PORT"),
+    ({"TOUCHPATH_CLICKHOUSE_DATABASE": "db; DROP"}, "TOUCHPATH_CLICKHOUSE_DATABASE"),
+    # files: the line names the file
+    ({"TOUCHPATH_RULES_FILE": "/nonexistent/rules.yaml"}, "/nonexistent/rules.yaml"),
+    ({"TOUCHPATH_CARE_POLICY_FILE": "/nonexistent/care.yaml"}, "/nonexistent/care.yaml"),
+    ({"TOUCHPATH_CARE_POLICY_FILE": "BAD_CARE"}, "carrier_pigeon"),
+    # care endpoints
+    ({"TOUCHPATH_CARE_ENDPOINTS": "sms=ftp://gateway"}, "TOUCHPATH_CARE_ENDPOINTS"),
+    # wrong value types and ranges
+    ({"TOUCHPATH_WEB_PORT": "99999"}, "TOUCHPATH_WEB_PORT"),
+    ({"TOUCHPATH_LOG_LEVEL": "loud"}, "TOUCHPATH_LOG_LEVEL"),
+    ({"TOUCHPATH_CLICKHOUSE_SECURE": "maybe"}, "TOUCHPATH_CLICKHOUSE_SECURE"),
+    ({"TOUCHPATH_LATENESS_HOURS": "a day"}, "TOUCHPATH_LATENESS_HOURS"),
+    ({"TOUCHPATH_PII_SECRET": ""}, "TOUCHPATH_PII_SECRET"),
+    # a data directory that cannot be created: the line names the path
+    ({"TOUCHPATH_DATA_DIR": "A_FILE/data"}, "A_FILE/data"),
+]
+
+
+@pytest.mark.parametrize(("env", "needle"), WORKER_CONFIG_ERRORS)
+def test_every_wrong_worker_setting_is_one_clear_line(tmp_path, env, needle):
+    (tmp_path / "care.yaml").write_text(BAD_CARE)
+    (tmp_path / "a_file").write_text("not a directory")
+    subst = {"BAD_CARE": str(tmp_path / "care.yaml"), "A_FILE": str(tmp_path / "a_file")}
+    env = {
+        k: v.replace("A_FILE", subst["A_FILE"]) if v.startswith("A_FILE") else subst.get(v, v)
+        for k, v in env.items()
+    }
+    needle = needle.replace("A_FILE", subst["A_FILE"])
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [*CLI, "worker"],
+        env=_env(tmp_path, **{"TOUCHPATH_WEB_PORT": str(free_port()), **env}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == errors[0]  # the last word, after any log
+    assert needle in errors[0], errors[0]
+    assert elapsed < 20, f"took {elapsed:.1f}s"
