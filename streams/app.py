@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.validation import Validator
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.agents import care, journeys, land
 from streams.config import DEV_PII_SECRET, Settings
 from streams.engine_settings import build_engine
@@ -70,11 +70,13 @@ class IngestService(mode.Service):
 
 def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faust.App:
     """Build the worker's Faust app against ``bootstrap``, landing through ``warehouse``."""
+    faust_fixes.apply()  # no loss of messages fetched before a rebalance (see the module)
     if settings.pii_secret.get_secret_value() == DEV_PII_SECRET and not settings.embedded_kafka:
         log.warning("TOUCHPATH_PII_SECRET is not set: using the development key")
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=settings.faust_broker_credentials(),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_allow_declare=True,

@@ -49,6 +49,8 @@ from streams.watermark import SourceWatermarks
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 500
+#: Bytes per outgoing micro-batch message: under the 1 MB default message limit.
+MAX_BYTES = 900_000
 
 
 def _ts(iso: str) -> float:
@@ -67,11 +69,24 @@ class _Outbox:
         self.parts[(topic, partition_for(key, self.partitions))].append(item)
 
     def send(self, field: str) -> None:
+        """One message per partition per ``MAX_ITEMS`` items or ``MAX_BYTES`` bytes."""
         for (topic, part), items in self.parts.items():
-            for i in range(0, len(items), MAX_ITEMS):
-                value = orjson.dumps({field: items[i : i + MAX_ITEMS]})
-                self.producer.produce(topic, value, None, part)
+            chunk: list[bytes] = []
+            size = 0
+            for item in items:
+                raw = orjson.dumps(item)
+                if chunk and (len(chunk) >= MAX_ITEMS or size + len(raw) > MAX_BYTES):
+                    self._produce(topic, part, field, chunk)
+                    chunk, size = [], 0
+                chunk.append(raw)
+                size += len(raw) + 1
+            if chunk:
+                self._produce(topic, part, field, chunk)
         self.parts.clear()
+
+    def _produce(self, topic: str, part: int, field: str, chunk: list[bytes]) -> None:
+        value = b'{"' + field.encode() + b'":[' + b",".join(chunk) + b"]}"
+        self.producer.produce(topic, value, None, part)
 
 
 def register(

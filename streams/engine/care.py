@@ -23,7 +23,6 @@ import heapq
 import logging
 import math
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -47,7 +46,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from schemas.dead_letter import TOUCHPATH_NS
+from streams.engine.ids import uuid5_str
 from streams.engine.rules import Matcher, parse_duration
 
 # The rule loader's SafeLoader subclass that rejects duplicate mapping keys: a policy file
@@ -774,8 +773,7 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def _uuid(name: str) -> str:
-    return str(uuid.uuid5(TOUCHPATH_NS, name))
+_uuid = uuid5_str  # str(uuid.uuid5(TOUCHPATH_NS, name)), faster
 
 
 # -- compiled policy -------------------------------------------------------------------------
@@ -878,6 +876,8 @@ class CareState:
     bday: dict[str, str] = field(default_factory=dict)
     bday_done: dict[str, int] = field(default_factory=dict)
     first_ts: float = float("inf")
+    #: derived values remembered between calls (never persisted, not part of equality)
+    memo: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """Compact plain JSON (empty parts left out), for the Faust changelog."""
@@ -1153,6 +1153,8 @@ class CareEngine:
             st.pending = keep
         out: list[Record] = []
         if heap:
+            if st.memo:
+                st.memo.pop("", None)  # pending runs and years done change: birthdays again
             heapq.heapify(heap)
             self._run(st, customer_id, profile, heap, now, out)
             if self._bday_seqs and profile.get("birthday"):
@@ -1163,9 +1165,12 @@ class CareEngine:
     def next_due(self, st: CareState) -> float | None:
         """The earliest due time of a held action or step (None: nothing); :meth:`advance`
         decides it once ``now`` is past it."""
-        due = [h[0] for h in st.held]
-        due.extend(p[0] for p in st.pending)
-        return min(due) if due else None
+        due = min([h[0] for h in st.held]) if st.held else None
+        if st.pending:
+            p = min([p[0] for p in st.pending])
+            if due is None or p < due:
+                due = p
+        return due
 
     # --- deciding --------------------------------------------------------------------------
     def _run(
@@ -1424,7 +1429,24 @@ class CareEngine:
         """Keep the next birthday run of each birthday sequence scheduled: the first year
         after the last one decided whose earliest step comes after the customer's first
         event. Depends on the set of events seen, not their order (a late event that moves
-        the first event earlier can bring an earlier birthday back)."""
+        the first event earlier can bring an earlier birthday back).
+
+        It runs on every event of a customer with a birthday, so once it has brought the
+        state to its fixed point for given inputs it is skipped until one of them changes:
+        the profile's birthday, zone or tier, the first event time, or (through
+        :meth:`advance`, which forgets the mark) the pending runs and the years done."""
+        token = (
+            cid,
+            profile.get("birthday"),
+            profile.get("timezone"),
+            profile.get("tier"),
+            st.first_ts,
+        )
+        memo = st.memo
+        if memo is None:
+            memo = st.memo = {}
+        elif memo.get("") == token:
+            return
         md = _birthday(profile.get("birthday"))
         key = _birthday_key(profile)
         tier = profile.get("tier") or "C"
@@ -1441,25 +1463,52 @@ class CareEngine:
             steps = [s for s in seq.steps if s.tiers is None or tier in s.tiers]
             if not steps:
                 continue
-            tz = _zone(profile.get("timezone") or "UTC")
+            zone = profile.get("timezone") or "UTC"
             done = st.bday_done.get(seq.id)
-            first = datetime.fromtimestamp(st.first_ts, tz).year - 1
-            if done is not None:
-                first = max(first, done + 1)
-            for year in range(first, first + 3):
-                anchor = _local_instant(tz, _birthday_in(year, *md), 0)
-                dues = [(self._step_due(s, anchor, tz), s) for s in steps]
-                if min(d for d, _ in dues) > st.first_ts:
-                    break
-            else:  # pragma: no cover - a birthday comes every year
+            # The plan is a pure function of these; this runs on every event of a customer
+            # with a birthday, so it is remembered per state (not persisted).
+            mkey = (cid, md, zone, tier, st.first_ts, done)
+            hit = memo.get(seq.id)
+            if hit is not None and hit[0] == mkey:
+                plan = hit[1]
+            else:
+                plan = self._birthday_plan(seq, cid, steps, md, _zone(zone), st.first_ts, done)
+                memo[seq.id] = (mkey, plan)
+            if plan is None:  # pragma: no cover - a birthday comes every year
                 continue
+            year, entries = plan
             if run and int(run[0][4]) <= year:
                 continue  # already scheduled (or an earlier year is still running)
             st.pending = [p for p in st.pending if p[2] != seq.id]
-            for due, s in dues:
-                aid = _uuid(f"care-seq:{cid}:{seq.id}:{s.id}:{year}")
-                st.pending.append([due, aid, seq.id, s.id, str(year), anchor])
+            st.pending.extend(list(e) for e in entries)
             st.bday[seq.id] = key
+        memo[""] = token
+
+    def _birthday_plan(
+        self,
+        seq: _Seq,
+        cid: str,
+        steps: list[_Step],
+        md: tuple[int, int],
+        tz: tzinfo,
+        first_ts: float,
+        done: int | None,
+    ) -> tuple[int, tuple[tuple[Any, ...], ...]] | None:
+        """The year of the next birthday run and its pending entries (see :meth:`_birthdays`)."""
+        first = datetime.fromtimestamp(first_ts, tz).year - 1
+        if done is not None:
+            first = max(first, done + 1)
+        for year in range(first, first + 3):
+            anchor = _local_instant(tz, _birthday_in(year, *md), 0)
+            dues = [(self._step_due(s, anchor, tz), s) for s in steps]
+            if min(d for d, _ in dues) > first_ts:
+                break
+        else:  # pragma: no cover - a birthday comes every year
+            return None
+        return year, tuple(
+            (due, _uuid(f"care-seq:{cid}:{seq.id}:{s.id}:{year}"), seq.id, s.id, str(year), anchor)
+            for due, s in dues
+        )
 
     def _count(self, st: CareState, bit: int, trig_id: str, t0: float, t1: float) -> int:
         """Distinct events with ``bit`` in ``[t0, t1]``, the trigger event itself excluded."""

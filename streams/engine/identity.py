@@ -22,6 +22,7 @@ Event = dict[str, Any]
 
 #: Identifier kinds that can be linked to a customer (everything but customer_id itself).
 LINKABLE = IDENTIFIER_STRENGTH[1:]
+assert IDENTIFIER_STRENGTH[0] == "customer_id"
 
 
 def identity_keys(identifiers: dict[str, Any]) -> list[str]:
@@ -87,12 +88,13 @@ def observe_event(
 ) -> IdentityOutput:
     """Process one event whose identity key is ``key`` (state is that key's state)."""
     out = IdentityOutput()
-    ids = event.get("identifiers", {})
-    keys = identity_keys(ids)
-    customer = customer_of_key(key) or state.customer_id
+    customer = (key[12:] if key.startswith("customer_id:") else None) or state.customer_id
     if customer is not None:
         out.resolved.append(Resolved(customer, ts, event))
-        weaker = [k for k in keys if k != key and customer_of_key(k) is None]
+        # the event's other keys (never a customer key: those are not linkable)
+        ids = event.get("identifiers", {})
+        keys = [f"{n}:{v}" for n in LINKABLE if (v := ids.get(n))]
+        weaker = [k for k in keys if k != key]
         if weaker:
             out.links.append(Links(customer, weaker))
         return out

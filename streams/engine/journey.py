@@ -23,8 +23,10 @@ exactly ``gap`` after the last one continues it).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from streams.engine.care import CareEngine, CareState
@@ -34,6 +36,15 @@ from streams.engine.rules import Rule, RuleSet
 from streams.engine.score import ScoreWeights, journey_score, pain_penalty, survey_delta
 
 Event = dict[str, Any]
+Predicate = Callable[[Event], bool]
+
+#: Rule sides, in the order of their bits (rule i, side k: bit ``4 * i + k``).
+_SIDES = ("match", "first", "then", "missing")
+#: (channel, type) pairs whose candidate predicates are remembered per engine
+_PAIR_CACHE = 4096
+_TS = attrgetter("ts")
+_INF = float("inf")
+_NINF = float("-inf")
 
 #: Set on an event re-published by ``touchpath replay``: its care is recorded, not delivered.
 REPLAY_FLAG = "_replay"
@@ -55,9 +66,19 @@ def is_goal(ev: Event) -> bool:
     )
 
 
+_ISO: dict[float, str] = {}
+_ISO_CACHE = 1 << 16
+
+
 def iso(ts: float) -> str:
-    """Event time (epoch seconds) as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    """Event time (epoch seconds) as ISO 8601 UTC with milliseconds (memoized: a journey's
+    start and end are formatted on every update)."""
+    s = _ISO.get(ts)
+    if s is None:
+        if len(_ISO) >= _ISO_CACHE:
+            _ISO.clear()
+        s = _ISO[ts] = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return s
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +95,17 @@ class EngineConfig:
 class Step:
     """One touchpoint in a customer's window."""
 
-    __slots__ = ("channel", "ev", "event_id", "jid", "ts", "type")
+    __slots__ = ("channel", "ev", "event_id", "jid", "m", "ts", "type")
 
-    def __init__(self, ts: float, ev: Event, jid: str = "") -> None:
+    def __init__(self, ts: float, ev: Event, jid: str = "", m: int = -1) -> None:
         self.ts = ts
         self.ev = ev
         self.event_id: str = ev["event_id"]
         self.channel: str = ev["channel"]
         self.type: str = ev["type"]
         self.jid = jid
+        #: which rule sides the event matches, as bits (see JourneyEngine); -1: not known
+        self.m = m
 
     def sort_key(self) -> tuple[float, str]:
         return (self.ts, self.event_id)
@@ -173,6 +196,13 @@ class CustomerState:
     care_queue: list[list[Any]] = field(default_factory=list)
     #: the latest event came from a replay: care decided now is not for delivery
     replay: bool = False
+    #: events received but not applied yet: [ts, event], sorted by (ts, event_id); the
+    #: journey stage applies them in event-time order once the watermark has passed them
+    buffer: list[list[Any]] = field(default_factory=list)
+    #: the engine whose rule bits the steps carry (not persisted, not part of equality)
+    owner: Any = field(default=None, compare=False, repr=False)
+    #: every rule bit a step has had since then (a superset of the current steps' bits)
+    bits: int = field(default=0, compare=False, repr=False)
 
     @property
     def tier(self) -> str:
@@ -196,6 +226,7 @@ class CustomerState:
             "care": self.care.to_json(),
             "cq": self.care_queue,
             "r": self.replay,
+            "b": self.buffer,
         }
 
     @classmethod
@@ -216,6 +247,7 @@ class CustomerState:
             care=CareState.from_json(d["care"]) if d.get("care") else CareState(),
             care_queue=[list(q) for q in d.get("cq", ())],
             replay=d.get("r", False),
+            buffer=[list(b) for b in d.get("b", ())],
         )
 
 
@@ -249,6 +281,69 @@ class JourneyEngine:
         windows = [r.within_seconds or 0.0 for r in rules.rules]
         # Steps must outlive every rule window and the lateness, and a journey's gap.
         self.horizon = max([*windows, self.cfg.inactivity_gap_seconds]) + self.cfg.lateness_seconds
+        # Rule sides as bits: side k of rule i is bit 4i+k. Each step's bits are computed
+        # once, calling only the predicates its (channel, type) can satisfy; every rule
+        # check after that is a bit test.
+        self._bits = {
+            r.id: tuple(1 << (4 * i + k) for k in range(len(_SIDES)))
+            for i, r in enumerate(rules.rules)
+        }
+        b = self._bits
+        self._thr = tuple((r, b[r.id][0]) for r in self.threshold)
+        self._thr_mask = sum(bit for _, bit in self._thr)
+        self._seq = tuple(
+            (r, r.within_seconds or 0.0, b[r.id][1], b[r.id][2]) for r in self.sequence
+        )
+        self._seq_mask = sum(f | t for _, _, f, t in self._seq)
+        self._abs = tuple((r, r.within_seconds or 0.0, b[r.id][1]) for r in self.absence)
+        self._abs_mask = sum(f for _, _, f in self._abs)
+        self._cnt = tuple((r, b[r.id][0]) for r in self.count)
+        self._cnt_mask = sum(bit for _, bit in self._cnt)
+        self._all_preds = tuple(
+            (b[r.id][k], r.side_predicate(side))
+            for r in rules.rules
+            for k, side in enumerate(_SIDES)
+            if getattr(r, side) is not None
+        )
+        self._preds: dict[tuple[Any, Any], tuple[tuple[int, Predicate], ...]] = {}
+
+    # --- rule bits -------------------------------------------------------------------------
+    def _candidates(self, channel: Any, type_: Any) -> tuple[tuple[int, Predicate], ...]:
+        """(bit, predicate) of the rule sides an event of this channel and type can match."""
+        return tuple(
+            (self._bits[r.id][k], r.side_predicate(side))
+            for r in self.rules.rules
+            for k, side in enumerate(_SIDES)
+            if getattr(r, side) is not None and r.side_could_match(side, channel, type_)
+        )
+
+    def rule_bits(self, ev: Event) -> int:
+        """The bits of the rule sides ``ev`` matches."""
+        key = (ev["channel"], ev["type"])
+        try:
+            preds = self._preds[key]
+        except KeyError:
+            preds = self._candidates(*key)
+            if len(self._preds) < _PAIR_CACHE:
+                self._preds[key] = preds
+        except TypeError:  # not hashable: no shortcut
+            preds = self._all_preds
+        m = 0
+        for bit, fn in preds:
+            if fn(ev):
+                m |= bit
+        return m
+
+    def _adopt(self, state: CustomerState) -> None:
+        """Give a state's steps this engine's rule bits (a state loaded from JSON, or last
+        run by another engine)."""
+        rule_bits = self.rule_bits
+        bits = 0
+        for s in state.steps:
+            s.m = rule_bits(s.ev)
+            bits |= s.m
+        state.bits = bits
+        state.owner = self
 
     # ---------------------------------------------------------------------------------------
     def step(self, state: CustomerState, ev: Event, ts: float, clock: float, out: Outputs) -> None:
@@ -266,7 +361,11 @@ class JourneyEngine:
                 self._care_event(state, ev, ts, out)
             return
         state.seen[eid] = ts
+        if state.owner is not self:
+            self._adopt(state)
         step = Step(ts, ev)
+        step.m = m = self.rule_bits(ev)
+        state.bits |= m
         journey = self._assign(state, step, out)
         steps = state.steps
         if not steps or step.sort_key() >= steps[-1].sort_key():
@@ -281,16 +380,19 @@ class JourneyEngine:
         if self.care is not None:
             # before the rules: an opt-out must already hold for the care its rule triggers
             self._care_event(state, ev, ts, out)
-        self._eager_rules(state, step, out)
+        if m & (self._thr_mask | self._seq_mask):
+            self._eager_rules(state, step, out)
         due = journey.end + self.cfg.inactivity_gap_seconds
-        for rule in self.absence:
-            if rule.matches_first(ev):
-                deadline = ts + (rule.within_seconds or 0.0)
-                state.pending.append((deadline, rule.id, eid, ts))
-                due = min(due, deadline)
-        for rule in self.count:
-            if ts < due and rule.matches(ev):
-                due = ts  # the count window is decided once the clock passes this event
+        if m & self._abs_mask:
+            for rule, within, fbit in self._abs:
+                if m & fbit:
+                    deadline = ts + within
+                    state.pending.append((deadline, rule.id, eid, ts))
+                    due = min(due, deadline)
+        if m & self._cnt_mask:
+            for _, bit in self._cnt:
+                if ts < due and m & bit:
+                    due = ts  # the count window is decided once the clock passes this event
         care_due = self._care_due(state)
         if care_due is not None:
             due = min(due, care_due - self.cfg.lateness_seconds)
@@ -345,6 +447,8 @@ class JourneyEngine:
         journey gap ending at ``t`` is decided strictly after it. Called at ``clock == due``
         it does nothing yet and returns ``due`` again (callers re-arm just past the clock).
         """
+        if state.owner is not self:
+            self._adopt(state)
         if state.pending:
             due = [p for p in state.pending if p[0] < clock]
             if due:
@@ -352,8 +456,9 @@ class JourneyEngine:
                 for p in sorted(due):
                     self._check_absence(state, p, out)
         if clock > state.counted_to:
-            for rule in self.count:
-                self._finalize_count(state, rule, clock, out)
+            if state.bits & self._cnt_mask:
+                for rule, bit in self._cnt:
+                    self._finalize_count(state, rule, bit, clock, out)
             state.counted_to = clock
         gap = self.cfg.inactivity_gap_seconds
         for j in state.journeys:
@@ -371,20 +476,33 @@ class JourneyEngine:
 
     def next_due(self, state: CustomerState) -> float | None:
         """Earliest stream-clock time at which :meth:`advance` has something to do."""
-        due = [p[0] for p in state.pending]
+        if state.owner is not self:
+            self._adopt(state)
+        due = _INF
+        for p in state.pending:
+            if p[0] < due:
+                due = p[0]
         gap = self.cfg.inactivity_gap_seconds
-        due.extend(j.end + gap for j in state.journeys if j.outcome == "open")
-        for rule in self.count:
-            for s in state.steps:
-                if s.ts >= state.counted_to and rule.matches(s.ev):
-                    due.append(s.ts)
-                    break
-        if state.steps:
-            due.append(state.steps[0].ts + self.horizon)  # pruning
+        for j in state.journeys:
+            if j.outcome == "open" and j.end + gap < due:
+                due = j.end + gap
+        steps = state.steps
+        if steps:
+            if state.bits & self._cnt_mask:
+                first = bisect.bisect_left(steps, state.counted_to, key=_TS)
+                for _, bit in self._cnt:
+                    for i in range(first, len(steps)):
+                        s = steps[i]
+                        if s.m & bit:
+                            if s.ts < due:
+                                due = s.ts
+                            break
+            if steps[0].ts + self.horizon < due:
+                due = steps[0].ts + self.horizon  # pruning
         care_due = self._care_due(state)
-        if care_due is not None:
-            due.append(care_due - self.cfg.lateness_seconds)
-        return min(due) if due else None
+        if care_due is not None and care_due - self.cfg.lateness_seconds < due:
+            due = care_due - self.cfg.lateness_seconds
+        return None if due == _INF else due
 
     # --- journeys --------------------------------------------------------------------------
     def _assign(self, state: CustomerState, step: Step, out: Outputs) -> Journey:
@@ -455,7 +573,7 @@ class JourneyEngine:
         out.journeys[j.jid] = {
             "journey_id": j.jid,
             "customer_id": state.customer_id,
-            "tier": state.tier,
+            "tier": state.profile.get("tier") or "C",
             "started_at": iso(j.start),
             "ended_at": iso(j.end),
             "channels": list(j.channels),
@@ -474,25 +592,32 @@ class JourneyEngine:
 
     # --- rules -----------------------------------------------------------------------------
     def _eager_rules(self, state: CustomerState, step: Step, out: Outputs) -> None:
-        ev = step.ev
-        for rule in self.threshold:
-            if rule.matches(ev):
-                self._fire(state, rule, step, [step], step.ts, out)
-        for rule in self.sequence:
-            within = rule.within_seconds or 0.0
-            if rule.matches_then(ev):
-                for a in state.steps:
-                    if a.ts > step.ts:
+        m, ts = step.m, step.ts
+        if m & self._thr_mask:
+            for rule, bit in self._thr:
+                if m & bit:
+                    self._fire(state, rule, step, [step], ts, out)
+        if not m & self._seq_mask:
+            return
+        steps = state.steps
+        for rule, within, fbit, tbit in self._seq:
+            if m & tbit:
+                # candidates a: ts - within <= a.ts <= ts (steps are sorted by time; the
+                # second of margin keeps float rounding from skipping one the test takes)
+                for i in range(bisect.bisect_left(steps, ts - within - 1.0, key=_TS), len(steps)):
+                    a = steps[i]
+                    if a.ts > ts:
                         break
-                    if a is not step and step.ts - a.ts <= within and rule.matches_first(a.ev):
-                        self._fire(state, rule, a, [a, step], step.ts, out)
-            if rule.matches_first(ev):
-                for b in state.steps:
-                    if b is step or b.ts < step.ts:
+                    if a is not step and ts - a.ts <= within and a.m & fbit:
+                        self._fire(state, rule, a, [a, step], ts, out)
+            if m & fbit:
+                for i in range(bisect.bisect_left(steps, ts, key=_TS), len(steps)):
+                    b = steps[i]
+                    if b is step:
                         continue
-                    if b.ts - step.ts > within:
+                    if b.ts - ts > within:
                         break
-                    if rule.matches_then(b.ev):
+                    if b.m & tbit:
                         self._fire(state, rule, step, [step, b], b.ts, out)
                         break
 
@@ -503,26 +628,34 @@ class JourneyEngine:
         rule = self._by_id.get(rule_id)
         if rule is None:
             return  # rule removed since the timer was set
+        mbit = self._bits[rule_id][3]
         anchor = None
         for s in state.steps:
             if s.event_id == anchor_id:
                 anchor = s
-            elif anchor_ts <= s.ts <= deadline and rule.matches_missing(s.ev):
+            elif anchor_ts <= s.ts <= deadline and s.m & mbit:
                 return  # the awaited event came in time
         if anchor is not None:
             self._fire(state, rule, anchor, [anchor], deadline, out)
 
-    def _finalize_count(self, state: CustomerState, rule: Rule, clock: float, out: Outputs) -> None:
-        reset = state.count_reset.get(rule.id, float("-inf"))
+    def _finalize_count(
+        self, state: CustomerState, rule: Rule, bit: int, clock: float, out: Outputs
+    ) -> None:
+        reset = state.count_reset.get(rule.id, _NINF)
         need, within = rule.min_count or 1, rule.within_seconds or 0.0
+        steps = state.steps
+        # steps at or before the last reset never count again (steps are sorted by time)
+        if reset != _NINF:
+            steps = steps[bisect.bisect_right(steps, reset, key=_TS) :]
+        matching = [s for s in steps if s.m & bit]
+        if not matching:
+            return
         window: list[Step] = []
-        for s in state.steps:
+        for s in matching:
             if s.ts <= reset:
                 continue
             if s.ts >= clock:
                 break
-            if not rule.matches(s.ev):
-                continue
             window.append(s)
             while window and window[0].ts <= s.ts - within:
                 window.pop(0)
@@ -594,29 +727,39 @@ class JourneyEngine:
             state.pending = [p for p in state.pending if p[3] >= oldest]
 
     def _prune(self, state: CustomerState, clock: float) -> None:
-        keep_from = clock - self.horizon
+        cut_ts = keep_from = clock - self.horizon
         steps = state.steps
         # Never drop a step a pending timer or an unfinished count window still needs.
-        floor = min([p[3] for p in state.pending], default=keep_from)
-        cut_ts = min(keep_from, floor)
-        n = 0
-        while n < len(steps) and steps[n].ts < cut_ts:
-            n += 1
-        n = max(n, len(steps) - self.cfg.max_steps)
+        for p in state.pending:
+            if p[3] < cut_ts:
+                cut_ts = p[3]
+        # steps are sorted by time: the ones before cut_ts are a prefix
+        n = bisect.bisect_left(steps, cut_ts, key=_TS) if steps and steps[0].ts < cut_ts else 0
+        over = len(steps) - self.cfg.max_steps
+        if over > n:
+            n = over
         if n > 0:
             del steps[:n]
         if n or len(state.seen) > self.cfg.max_steps * 2:
             # ids older than cut_ts belong to late events now: nothing can repeat them
-            state.seen = {k: v for k, v in state.seen.items() if v >= cut_ts}
-            state.fired = {k: v for k, v in state.fired.items() if v >= cut_ts}
+            # (deleted in place: the order of the rest is kept, as a rebuilt dict keeps it)
+            for d in (state.seen, state.fired):
+                old = [k for k, v in d.items() if not v >= cut_ts]
+                for k in old:
+                    del d[k]
         gap = self.cfg.inactivity_gap_seconds
+        lateness = self.cfg.lateness_seconds
         # Keep a closed journey while an absence timer points into it (trial_unused fires
         # 15 days on): its pain point and score penalty must land on it.
+        js = state.journeys
+        for j in js:
+            if j.outcome != "open" and not j.end + gap + lateness > clock:
+                break  # one may go
+        else:
+            return
         waiting = self._waiting_journeys(state)
         state.journeys = [
             j
-            for j in state.journeys
-            if j.outcome == "open"
-            or j.jid in waiting
-            or j.end + gap + self.cfg.lateness_seconds > clock
+            for j in js
+            if j.outcome == "open" or j.jid in waiting or j.end + gap + lateness > clock
         ]

@@ -630,6 +630,18 @@ class Rule(_Strict):
         """absence: whether ``event`` matches ``missing`` (it cancels the pending anchor)."""
         return self.__pydantic_private__["_missing"](event)  # type: ignore[index]
 
+    def side_predicate(self, side: str) -> Predicate:
+        """The compiled predicate of one side (``match``/``first``/``then``/``missing``):
+        what :meth:`matches` and friends call, without the method call around it."""
+        if side not in ("match", "first", "then", "missing"):
+            raise ValueError(f"no rule side {side!r}")
+        return self.__pydantic_private__["_" + side]  # type: ignore[index,no-any-return]
+
+    def side_could_match(self, side: str, channel: str, type_: str) -> bool:
+        """Whether an event of this channel and type can match one side (conditions aside);
+        False for a side the rule does not have."""
+        return any(m.could_match(channel, type_) for m in self.sides().get(side, ()))
+
 
 def _for_kind(name: str, v: Any, info: ValidationInfo) -> None:
     kind = info.data.get("kind")

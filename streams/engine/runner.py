@@ -63,8 +63,22 @@ class Runner:
         self.stage = JourneyStage(self.engine, partitions, self._customer)
         self.clock = float("-inf")
         self.out = Outputs()
-        self.stats = RunStats()
+        self._stats = RunStats()
+        self._counted = 0  # pain points of ``out`` already in the stats
         self._held_at_finish = 0
+
+    @property
+    def stats(self) -> RunStats:
+        """Run statistics (brought up to date with the outputs when read)."""
+        st, out = self._stats, self.out
+        st.late, st.duplicates = out.late, out.duplicates
+        pps = out.pain_points
+        if len(pps) > self._counted:
+            by_rule = st.by_rule
+            for i in range(self._counted, len(pps)):
+                by_rule[pps[i]["rule_id"]] += 1
+            self._counted = len(pps)
+        return st
 
     # --- inputs ----------------------------------------------------------------------------
     def load_profile(self, profile: dict[str, Any]) -> None:
@@ -78,21 +92,33 @@ class Runner:
 
     def process(self, event: Event, ts: float, key: str) -> None:
         """One validated event at event time ``ts`` with identity key ``key``."""
-        self.stats.events += 1
-        io = observe_event(self._key(key), key, ts, event, self.identity_limits)
+        self._stats.events += 1
+        keys = self.keys
+        ks = keys.get(key)
+        if ks is None:
+            ks = keys[key] = KeyState()
+        io = observe_event(ks, key, ts, event, self.identity_limits)
         for links in io.links:
+            cid = links.customer_id
             for k in links.keys:
-                self._resolved(apply_link(self._key(k), links.customer_id))
+                ks = keys.get(k)
+                if ks is not None and ks.customer_id == cid and not ks.held:
+                    continue  # linked already, nothing held: apply_link would do nothing
+                self._resolved(apply_link(self._key(k), cid))
         self._resolved(io)
-        self._advance(ts - self.cfg.lateness_seconds)
+        clock = ts - self.cfg.lateness_seconds
+        if clock > self.clock:
+            self.clock = clock
+            self.stage.advance_all(clock, self.out)
 
     def finish(self, until: float | None = None) -> Outputs:
         """End of input: the clock stays where the events left it (or moves to ``until``)."""
+        self.stage.flush(self.out)  # the end of the input: apply what still waits
         if until is not None:
             self._advance(until)
         # Still held (never identified) counts as expired; idempotent if called again.
         held = sum(len(ks.held) for ks in self.keys.values())
-        self.stats.held_expired += held - self._held_at_finish
+        self._stats.held_expired += held - self._held_at_finish
         self._held_at_finish = held
         return self.out
 
@@ -110,27 +136,19 @@ class Runner:
         return st
 
     def _resolved(self, io: IdentityOutput) -> None:
-        self.stats.held_expired += len(io.expired)
-        for r in sorted(io.resolved, key=lambda r: (r.ts, r.event["event_id"])):
-            before = self._mark()
-            self.stage.step(r.customer_id, r.event, r.ts, self.out)
-            self._count(before)
+        if io.expired:
+            self._stats.held_expired += len(io.expired)
+        resolved = io.resolved
+        if not resolved:
+            return
+        if len(resolved) > 1:
+            resolved = sorted(resolved, key=lambda r: (r.ts, r.event["event_id"]))
+        step, out = self.stage.step, self.out
+        for r in resolved:
+            step(r.customer_id, r.event, r.ts, out)
 
     def _advance(self, clock: float) -> None:
         if clock <= self.clock:
             return
         self.clock = clock
-        before = self._mark()
-        for p in range(self.partitions):
-            self.stage.advance(p, clock, self.out)
-        self._count(before)
-
-    def _mark(self) -> tuple[int, int, int]:
-        return (len(self.out.pain_points), self.out.late, self.out.duplicates)
-
-    def _count(self, before: tuple[int, int, int]) -> None:
-        n_pp, late, dup = before
-        for pp in self.out.pain_points[n_pp:]:
-            self.stats.by_rule[pp["rule_id"]] += 1
-        self.stats.late += self.out.late - late
-        self.stats.duplicates += self.out.duplicates - dup
+        self.stage.advance_all(clock, self.out)

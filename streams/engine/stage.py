@@ -1,15 +1,24 @@
 """The journey stage: per-partition stream clocks and timers around :class:`JourneyEngine`.
 
 Customers are partitioned by the murmur2 of their key, exactly as the live topics are.
-Each partition has its own stream clock (the largest event time it has seen, minus the
-allowed lateness) and a timer heap of customers with work due (absence deadlines, count
-windows, journey closes). The backtest keeps customer states in a dict; the live worker
+Each partition has its own stream clock (its watermark minus the allowed lateness) and a
+timer heap of customers with work due (absence deadlines, count windows, journey closes).
+
+Events are applied in event-time order, not arrival order: a customer's events come through
+different identity keys (web login, phone, loyalty card), hence different partitions, and
+arrive interleaved differently in every run. Each event waits in its customer's buffer
+(part of the persisted state) until the partition's watermark has passed it, and is then
+applied in (time, event_id) order — so journeys, their ids and the care decided on them
+are the same live, after a restart or rebalance, and in a backtest.
+
+The backtest keeps customer states in a dict; the live worker
 loads them from its Faust table per batch and writes back the ones it touched — the same
 code decides, so both give the same ids.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +27,11 @@ from streams.engine.journey import CustomerState, JourneyEngine, Outputs
 from streams.partitioning import partition_for
 
 Event = dict[str, Any]
+
+#: Customers whose partition is remembered (murmur2 in Python costs several µs per key).
+PARTITION_CACHE = 1 << 17
+_INF = float("inf")
+_NINF = float("-inf")
 
 
 def customer_key(customer_id: str) -> bytes:
@@ -43,9 +57,18 @@ class JourneyStage:
         self.clocks: dict[int, float] = {}
         self._timers: dict[int, list[tuple[float, str]]] = {}
         self._scheduled: dict[str, float] = {}
+        #: per partition: buffered events as (ts, event_id, customer_id), a heap
+        self._waiting: dict[int, list[tuple[float, str, str]]] = {}
+        self._parts: dict[str, int] = {}
 
     def partition_of(self, customer_id: str) -> int:
-        return partition_for(customer_key(customer_id), self.partitions)
+        p = self._parts.get(customer_id)
+        if p is None:
+            parts = self._parts
+            if len(parts) >= PARTITION_CACHE:
+                parts.clear()
+            p = parts[customer_id] = partition_for(customer_key(customer_id), self.partitions)
+        return p
 
     def state(self, customer_id: str) -> CustomerState:
         """The customer's state (loaded once, then cached until :meth:`release`)."""
@@ -68,29 +91,112 @@ class JourneyStage:
         The clock itself moves only through :meth:`advance`, driven by watermarks (live) or
         by the input's progress (backtest).
         """
-        p = self.partition_of(customer_id)
-        st = self.state(customer_id)
-        self.engine.step(st, ev, ts, self.clocks.get(p, float("-inf")), out)
-        self._schedule(p, customer_id, st.due)
+        p = self._parts.get(customer_id)
+        if p is None:
+            p = self.partition_of(customer_id)
+        st = self.states.get(customer_id)
+        if st is None:
+            st = self.states[customer_id] = self._load(customer_id)
+        self.touched.add(customer_id)
+        clock = self.clocks.get(p, _NINF)
+        if ts < clock:  # late already: counted (and an opt-out honoured) by the engine now
+            self.engine.step(st, ev, ts, clock, out)
+            return
+        eid = ev["event_id"]
+        buf = st.buffer
+        if not buf or (ts, eid) >= (buf[-1][0], buf[-1][1]["event_id"]):
+            buf.append([ts, ev])
+        else:
+            bisect.insort(buf, [ts, ev], key=lambda b: (b[0], b[1]["event_id"]))
+        heap = self._waiting.get(p)
+        if heap is None:
+            heap = self._waiting[p] = []
+        heapq.heappush(heap, (ts, eid, customer_id))
+        wm = clock + self.lateness
+        if heap[0][0] < wm:
+            self._release(p, wm, out)
+
+    def _release(self, p: int, wm: float, out: Outputs) -> None:
+        """Apply the buffered events of partition ``p`` before watermark ``wm``, in order.
+
+        They were on time when they arrived, and are judged under the clock they arrived
+        under (the caller moves the clock and fires timers only after this).
+        """
+        heap = self._waiting.get(p)
+        if not heap:
+            return
+        clock = self.clocks.get(p, _NINF)
+        step = self.engine.step
+        states, touched, scheduled = self.states, self.touched, self._scheduled
+        pop, push = heapq.heappop, heapq.heappush
+        while heap and heap[0][0] < wm:
+            ts, eid, cid = pop(heap)
+            st = states.get(cid)
+            if st is None:
+                st = states[cid] = self._load(cid)
+            touched.add(cid)
+            buf = st.buffer
+            if not buf or buf[0][1]["event_id"] != eid:
+                continue  # already applied (a duplicate entry)
+            ev = buf.pop(0)[1]
+            step(st, ev, ts, clock, out)
+            due = st.due
+            if due < scheduled.get(cid, _INF):  # as _schedule
+                scheduled[cid] = due
+                timers = self._timers.get(p)
+                if timers is None:
+                    timers = self._timers[p] = []
+                push(timers, (due, cid))
+
+    def flush(self, out: Outputs) -> None:
+        """Apply every buffered event (end of a backtest's input: nothing more can come)."""
+        for p in list(self._waiting):
+            self._release(p, float("inf"), out)
 
     def advance(self, p: int, clock: float, out: Outputs) -> None:
         """Move partition ``p``'s stream clock to ``clock`` and fire due timers."""
-        if clock <= self.clocks.get(p, float("-inf")):
+        if clock <= self.clocks.get(p, _NINF):
             return
+        wm = clock + self.lateness
+        waiting = self._waiting.get(p)
+        if waiting and waiting[0][0] < wm:
+            self._release(p, wm, out)  # first: timers must see these events
         self.clocks[p] = clock
-        heap = self._timers.setdefault(p, [])
+        heap = self._timers.get(p)
+        if heap and heap[0][0] <= clock:
+            self._fire(p, heap, clock, out)
+
+    def advance_all(self, clock: float, out: Outputs) -> None:
+        """:meth:`advance` every partition, in order, to the same ``clock`` (the backtest's
+        one stream clock); cheap when a partition has nothing waiting or due."""
+        clocks, waiting, timers = self.clocks, self._waiting, self._timers
+        wm = clock + self.lateness
+        for p in range(self.partitions):
+            if clock > clocks.get(p, _NINF):
+                w = waiting.get(p)
+                if w and w[0][0] < wm:
+                    self._release(p, wm, out)
+                clocks[p] = clock
+                heap = timers.get(p)
+                if heap and heap[0][0] <= clock:
+                    self._fire(p, heap, clock, out)
+
+    def _fire(self, p: int, heap: list[tuple[float, str]], clock: float, out: Outputs) -> None:
+        """Fire partition ``p``'s timers due at ``clock``."""
+        scheduled = self._scheduled
+        advance = self.engine.advance
         while heap and heap[0][0] <= clock:
             due, cid = heapq.heappop(heap)
-            if self._scheduled.get(cid) != due:
+            if scheduled.get(cid) != due:
                 continue  # superseded by an earlier timer
-            del self._scheduled[cid]
-            nxt = self.engine.advance(self.state(cid), clock, out)
+            del scheduled[cid]
+            nxt = advance(self.state(cid), clock, out)
             if nxt is not None:
                 # never re-arm at or before the current clock: that would spin
                 self._schedule(p, cid, max(nxt, clock + 1e-3))
 
     def _schedule(self, p: int, cid: str, due: float) -> None:
-        if due < self._scheduled.get(cid, float("inf")):
+        if due < self._scheduled.get(cid, _INF):
             self._scheduled[cid] = due
             heapq.heappush(self._timers.setdefault(p, []), (due, cid))
 
@@ -108,14 +214,19 @@ class JourneyStage:
         The clock restarts at -inf and catches up with the next watermark.
         """
         self._timers[p] = []
+        self._waiting[p] = []
         for st in states:
             self._scheduled.pop(st.customer_id, None)
             if st.due != float("inf"):
                 self._schedule(p, st.customer_id, st.due)
+            for ts, ev in st.buffer:
+                self._waiting[p].append((ts, ev["event_id"], st.customer_id))
+        heapq.heapify(self._waiting[p])
         self.clocks.pop(p, None)
 
     def forget(self, p: int) -> None:
         """Drop partition ``p`` (revoked from this worker)."""
         for _, cid in self._timers.pop(p, []):
             self._scheduled.pop(cid, None)
+        self._waiting.pop(p, None)
         self.clocks.pop(p, None)

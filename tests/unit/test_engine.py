@@ -633,6 +633,7 @@ def test_journey_record_fields_and_versions() -> None:
     versions = []
     for e in events:
         feed(r, [e])
+        r.stage.flush(r.out)  # apply it now (the stage waits for the clock to pass it)
         versions.append(r.out.journeys[jid]["version"])
     record = r.out.journeys[jid]
     assert (versions == sorted(set(versions)), record) == (

@@ -59,7 +59,9 @@ def runner(limits: IdentityLimits | None = None) -> Runner:
 
 
 def steps_of(r: Runner, cid: str) -> list[str]:
-    """Event ids in the customer's journey window, in event-time order."""
+    """Event ids in the customer's journey window, in event-time order, once every event
+    fed so far is applied (the stage holds the newest until the clock passes them)."""
+    r.stage.flush(r.out)
     st = r.customers.get(cid)
     return [s.event_id for s in st.steps] if st else []
 
@@ -179,6 +181,7 @@ def test_crm_profile_links_a_phone_only_call_to_its_customer(profile_first: bool
     else:
         feed(r, [call])
         r.load_profile(profile)
+    r.finish()
     (pp,) = r.out.pain_points
     assert (pp["customer_id"], pp["rule_id"], pp["tier"]) == ("C1", "ivr_abandon", "A")
 

@@ -1,0 +1,38 @@
+"""A workaround for a message-loss bug of faust-streaming around rebalances.
+
+Faust skips a message fetched before a rebalance (its ``generation_id`` is stale) or while
+flow control is paused — and *acks* it (``Stream._py_aiter``: "We want to ack the
+filtered out message"). Acked offsets are committed, so a partition that stays with this
+worker across the rebalance commits past messages nobody processed: they are lost.
+Measured here: two workers, one leaving and rejoining, lost ~5% of one worker's
+micro-batches. touchpath therefore refuses such acks: the message is not marked done, the
+offset is not committed past it, and after the rebalance the consumer seeks back to the
+committed offset and delivers it again (at-least-once; every touchpath output is
+idempotent). Upstream: faust-streaming PR #223 introduced the skip; issue #527 / #604
+report the same loss for noack streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faust.transport.consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+_original_ack = Consumer.ack
+
+
+def _ack_unless_stale(self: Any, message: Any) -> bool:
+    app = self.app
+    if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+        return False  # fetched before the rebalance: it will be fetched and processed again
+    return _original_ack(self, message)
+
+
+def apply() -> None:
+    """Install the workaround (idempotent)."""
+    if Consumer.ack is not _ack_unless_stale:
+        Consumer.ack = _ack_unless_stale  # type: ignore[method-assign]
+        log.debug("faust consumer: stale-generation messages are no longer acked")
