@@ -38,8 +38,8 @@ from schemas.validation import Rejection, Validator
 
 log = logging.getLogger(__name__)
 
-#: Kafka header on every replayed record (value ``b"1"``) unless ``--live-actions``: the
-#: worker must record the care actions such records cause but deliver none of them.
+#: Kafka header on every replayed record: ``b"1"``, the worker records the care actions such
+#: records cause but delivers none; ``b"live"`` (``--live-actions``), it delivers them.
 REPLAY_HEADER = "touchpath-replay"
 #: Kafka header naming the replay run (a uuid, kept across ``--resume``).
 REPLAY_ID_HEADER = "touchpath-replay-id"
@@ -105,7 +105,7 @@ class ReplayOptions:
     speed: float | None = None  # multiple of real time; None = as fast as possible
     filter: EventFilter = field(default_factory=EventFilter)
     limit: int | None = None  # records to send in this run
-    live_actions: bool = False  # no replay headers: the worker delivers care actions
+    live_actions: bool = False  # replay header "live": the worker delivers care actions
     validate: bool = True  # run the validator on every record (exact bad-record count)
     max_record_bytes: int = 1_000_000
     epoch_records: int = 5_000  # resume granularity (records re-sent at most per epoch)
@@ -222,11 +222,11 @@ class Replayer:
             summary.resumed_from = src.describe(start)
         base = {k: st.counts.get(k, 0) for k in ("sent", "filtered", "bad", "bad_sent")}
         tracker = AckTracker(start, dict(base))
-        headers = (
-            None
-            if o.live_actions
-            else [(REPLAY_HEADER, b"1"), (REPLAY_ID_HEADER, st.run_id.encode())]
-        )
+        # "live": care actions are delivered; still a replay (dead letters keyed by content)
+        headers = [
+            (REPLAY_HEADER, b"live" if o.live_actions else b"1"),
+            (REPLAY_ID_HEADER, st.run_id.encode()),
+        ]
         flt = o.filter.compile() if o.filter.active else None
         needs_time = o.filter.needs_time or o.speed is not None
         pacer = Pacer(o.speed, self.clock) if o.speed else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -36,3 +37,9 @@ class DeadLetter(BaseModel):
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:
     """Deterministic id of the dead letter for one source record (a re-read gives the same)."""
     return str(uuid.uuid5(TOUCHPATH_NS, f"dlq:{topic}:{partition}:{offset}"))
+
+
+def replayed_dead_letter_id(raw: bytes) -> str:
+    """Id of the dead letter for a *replayed* record: its content, not its new position, so
+    replaying a log twice lands each bad line once (identical bad lines count once)."""
+    return str(uuid.uuid5(TOUCHPATH_NS, f"dlq-replay:{hashlib.sha256(raw).hexdigest()}"))

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from schemas.dead_letter import MAX_RAW_KEPT, DeadLetter, dead_letter_id
+from schemas.dead_letter import MAX_RAW_KEPT, DeadLetter, dead_letter_id, replayed_dead_letter_id
 from schemas.validation import Rejection, Validator
 from streams import metrics
 from streams.config import Settings
@@ -49,17 +49,21 @@ class RawRecord:
     topic: str
     partition: int
     offset: int
-    #: published by ``touchpath replay`` (header): care is decided and recorded, not sent
-    replay: bool = False
+    #: ``touchpath replay``'s header value: ``b"1"`` care is recorded, not sent; ``b"live"``
+    #: care is sent; None: a live record
+    replay: bytes | None = None
 
 
 #: Kafka header ``touchpath replay`` puts on re-published records.
 REPLAY_HEADER = "touchpath-replay"
 
 
-def is_replay(headers: list[tuple[str, bytes | None]] | None) -> bool:
-    """True if the record carries the replay header (any value but ``0``)."""
-    return any(k == REPLAY_HEADER and v != b"0" for k, v in headers or ())
+def replay_mode(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
+    """The replay header's value (``b"1"`` or ``b"live"``), None for a live record."""
+    for k, v in headers or ():
+        if k == REPLAY_HEADER and v and v != b"0":
+            return v
+    return None
 
 
 @dataclass
@@ -106,8 +110,8 @@ def split_batch(
             "p": rec.partition,
             "o": rec.offset,
         }
-        if rec.replay:
-            item["r"] = 1
+        if rec.replay == b"1":
+            item["r"] = 1  # care decided and recorded, not delivered
         # The encoded size, not the raw one: validation can grow an event (hashes, numbers
         # like 1e15 written out), and a message over the broker's limit would fail the whole
         # batch again on every retry.
@@ -134,7 +138,11 @@ def _dead_letter(
     rec: RawRecord, raw: bytes, rej: Rejection, validator: Validator, now: datetime
 ) -> DeadLetter:
     return DeadLetter(
-        dead_letter_id=dead_letter_id(rec.topic, rec.partition, rec.offset),
+        dead_letter_id=(
+            replayed_dead_letter_id(raw)
+            if rec.replay is not None
+            else dead_letter_id(rec.topic, rec.partition, rec.offset)
+        ),
         reason=rej.reason,
         error=rej.error,
         source_topic=rec.topic,
@@ -227,7 +235,7 @@ class Ingestor:
                     log.warning("consume error on %s: %s", self.raw_topic, m.error())
                 continue
             records.append(
-                RawRecord(m.value(), m.topic(), m.partition(), m.offset(), is_replay(m.headers()))
+                RawRecord(m.value(), m.topic(), m.partition(), m.offset(), replay_mode(m.headers()))
             )
         self._align()
         if self._paused:

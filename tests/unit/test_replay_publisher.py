@@ -159,10 +159,10 @@ def test_records_go_out_as_they_were_keyed_like_live_producers(log: Path) -> Non
     assert s.bad_examples[0].startswith(f"{log}:")
 
 
-def test_live_actions_sends_without_replay_headers(log: Path) -> None:
+def test_live_actions_marks_records_live(log: Path) -> None:
     p = FakeProducer()
     run(p, FileSet([log]), live_actions=True, limit=10)
-    assert {h for _, _, _, h, _ in p.produced} == {None}
+    assert {dict(h)["touchpath-replay"] for _, _, _, h, _ in p.produced} == {b"live"}
 
 
 def test_no_validate_counts_only_what_it_cannot_key(log: Path) -> None:
