@@ -120,7 +120,8 @@ def collect_events(
             if len(examples) < 5:
                 examples.append(f"{describe(pos)}: {tp.reason}: {tp.error}")
         else:
-            ev = tp.model_dump(mode="json", exclude_none=True)
+            # = tp.model_dump(mode="json", exclude_none=True), without pydantic's wrapper
+            ev = tp.__pydantic_serializer__.to_python(tp, mode="json", exclude_none=True)
             add((tp.occurred_at.timestamp(), tp.event_id, tp.identity_key, ev))
         if not n & 4095:
             if tick is not None:

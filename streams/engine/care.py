@@ -1135,7 +1135,7 @@ class CareEngine:
             st.max_ts = now
         heap: list[tuple[float, str, int, list[Any]]] = []
         # strictly before ``now``: more events at exactly ``now`` may still come
-        if st.held and min(h[0] for h in st.held) < now:
+        if st.held and min([h[0] for h in st.held]) < now:
             keep = []
             for h in st.held:
                 if h[0] < now:
@@ -1143,7 +1143,7 @@ class CareEngine:
                 else:
                     keep.append(h)
             st.held = keep
-        if st.pending and min(p[0] for p in st.pending) < now:
+        if st.pending and min([p[0] for p in st.pending]) < now:
             keep = []
             for p in st.pending:
                 if p[0] < now:

@@ -368,18 +368,26 @@ class JourneyEngine:
         state.bits |= m
         journey = self._assign(state, step, out)
         steps = state.steps
-        if not steps or step.sort_key() >= steps[-1].sort_key():
+        if not steps:
             steps.append(step)
         else:
-            bisect.insort(steps, step, key=Step.sort_key)
+            last = steps[-1]
+            if ts > last.ts or (ts == last.ts and eid >= last.event_id):  # (ts, id) order
+                steps.append(step)
+            else:
+                bisect.insort(steps, step, key=Step.sort_key)
         if ts > state.max_ts:
             state.max_ts = ts
         if ev["channel"] == "sms" and ev["type"] == "reply" and isinstance(ev.get("score"), int):
             journey.feedback += survey_delta(ev["score"], self.cfg.weights)
             self._touch(state, journey, out)
-        if self.care is not None:
+        care = self.care
+        if care is not None:
             # before the rules: an opt-out must already hold for the care its rule triggers
-            self._care_event(state, ev, ts, out)
+            state.replay = bool(ev.get(REPLAY_FLAG))
+            decisions = care.on_event(state.care, state.customer_id, state.profile, ev, ts)
+            if decisions:
+                self._emit_care(state, decisions, out)
         if m & (self._thr_mask | self._seq_mask):
             self._eager_rules(state, step, out)
         due = journey.end + self.cfg.inactivity_gap_seconds
@@ -393,9 +401,13 @@ class JourneyEngine:
             for _, bit in self._cnt:
                 if ts < due and m & bit:
                     due = ts  # the count window is decided once the clock passes this event
-        care_due = self._care_due(state)
-        if care_due is not None:
-            due = min(due, care_due - self.cfg.lateness_seconds)
+        if care is not None:
+            care_due = care.next_due(state.care)
+            cq = state.care_queue
+            if cq and (care_due is None or cq[0][0] < care_due):
+                care_due = cq[0][0]
+            if care_due is not None:
+                due = min(due, care_due - self.cfg.lateness_seconds)
         if due < state.due:
             state.due = due
         if len(steps) > self.cfg.max_steps:
@@ -574,8 +586,8 @@ class JourneyEngine:
             "journey_id": j.jid,
             "customer_id": state.customer_id,
             "tier": state.profile.get("tier") or "C",
-            "started_at": iso(j.start),
-            "ended_at": iso(j.end),
+            "started_at": _ISO.get(j.start) or iso(j.start),
+            "ended_at": _ISO.get(j.end) or iso(j.end),
             "channels": list(j.channels),
             "steps": j.steps,
             "outcome": j.outcome,
@@ -727,7 +739,7 @@ class JourneyEngine:
             state.pending = [p for p in state.pending if p[3] >= oldest]
 
     def _prune(self, state: CustomerState, clock: float) -> None:
-        cut_ts = keep_from = clock - self.horizon
+        cut_ts = clock - self.horizon  # keep_from
         steps = state.steps
         # Never drop a step a pending timer or an unfinished count window still needs.
         for p in state.pending:

@@ -60,6 +60,16 @@ class JourneyStage:
         #: per partition: buffered events as (ts, event_id, customer_id), a heap
         self._waiting: dict[int, list[tuple[float, str, str]]] = {}
         self._parts: dict[str, int] = {}
+        self._heaps: list[tuple[int, list[Any], list[Any]]] = []
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Remember each partition's (waiting, timer) heaps for :meth:`advance_all`; called
+        whenever a heap is replaced."""
+        self._heaps = [
+            (p, self._waiting.setdefault(p, []), self._timers.setdefault(p, []))
+            for p in range(self.partitions)
+        ]
 
     def partition_of(self, customer_id: str) -> int:
         p = self._parts.get(customer_id)
@@ -169,31 +179,37 @@ class JourneyStage:
     def advance_all(self, clock: float, out: Outputs) -> None:
         """:meth:`advance` every partition, in order, to the same ``clock`` (the backtest's
         one stream clock); cheap when a partition has nothing waiting or due."""
-        clocks, waiting, timers = self.clocks, self._waiting, self._timers
+        clocks = self.clocks
         wm = clock + self.lateness
-        for p in range(self.partitions):
+        for p, waiting, heap in self._heaps:
             if clock > clocks.get(p, _NINF):
-                w = waiting.get(p)
-                if w and w[0][0] < wm:
+                if waiting and waiting[0][0] < wm:
                     self._release(p, wm, out)
                 clocks[p] = clock
-                heap = timers.get(p)
                 if heap and heap[0][0] <= clock:
                     self._fire(p, heap, clock, out)
 
     def _fire(self, p: int, heap: list[tuple[float, str]], clock: float, out: Outputs) -> None:
         """Fire partition ``p``'s timers due at ``clock``."""
-        scheduled = self._scheduled
+        scheduled, states, touched = self._scheduled, self.states, self.touched
         advance = self.engine.advance
+        pop, push = heapq.heappop, heapq.heappush
         while heap and heap[0][0] <= clock:
-            due, cid = heapq.heappop(heap)
+            due, cid = pop(heap)
             if scheduled.get(cid) != due:
                 continue  # superseded by an earlier timer
             del scheduled[cid]
-            nxt = advance(self.state(cid), clock, out)
+            st = states.get(cid)  # as self.state(cid)
+            if st is None:
+                st = states[cid] = self._load(cid)
+            touched.add(cid)
+            nxt = advance(st, clock, out)
             if nxt is not None:
                 # never re-arm at or before the current clock: that would spin
-                self._schedule(p, cid, max(nxt, clock + 1e-3))
+                nxt = max(nxt, clock + 1e-3)
+                if nxt < scheduled.get(cid, _INF):  # as _schedule (heap is p's timer heap)
+                    scheduled[cid] = nxt
+                    push(heap, (nxt, cid))
 
     def _schedule(self, p: int, cid: str, due: float) -> None:
         if due < self._scheduled.get(cid, _INF):
@@ -223,6 +239,7 @@ class JourneyStage:
                 self._waiting[p].append((ts, ev["event_id"], st.customer_id))
         heapq.heapify(self._waiting[p])
         self.clocks.pop(p, None)
+        self._refresh()
 
     def forget(self, p: int) -> None:
         """Drop partition ``p`` (revoked from this worker)."""
@@ -230,3 +247,4 @@ class JourneyStage:
             self._scheduled.pop(cid, None)
         self._waiting.pop(p, None)
         self.clocks.pop(p, None)
+        self._refresh()
