@@ -591,7 +591,8 @@ class JourneyEngine:
             "channels": list(j.channels),
             "steps": j.steps,
             "outcome": j.outcome,
-            "score": journey_score(j.penalty, j.feedback),
+            # most journeys have neither pain nor feedback: journey_score(0, 0) is 100.0
+            "score": journey_score(j.penalty, j.feedback) if j.penalty or j.feedback else 100.0,
             "pain_point_ids": list(j.pp),
             "version": j.version,
         }

@@ -20,6 +20,7 @@ from streams.engine.identity import (
     apply_link,
     observe_event,
     profile_links,
+    resolve_event,
 )
 from streams.engine.journey import CustomerState, EngineConfig, JourneyEngine, Outputs
 from streams.engine.rules import RuleSet
@@ -97,15 +98,17 @@ class Runner:
         ks = keys.get(key)
         if ks is None:
             ks = keys[key] = KeyState()
-        io = observe_event(ks, key, ts, event, self.identity_limits)
-        for links in io.links:
-            cid = links.customer_id
-            for k in links.keys:
+        known = resolve_event(ks, key, event)
+        if known is None:  # held until a link names the customer (observe_event's rest)
+            self._resolved(observe_event(ks, key, ts, event, self.identity_limits))
+        else:
+            cid, weaker = known
+            for k in weaker:  # the links first: what they release comes before this event
                 ks = keys.get(k)
                 if ks is not None and ks.customer_id == cid and not ks.held:
                     continue  # linked already, nothing held: apply_link would do nothing
                 self._resolved(apply_link(self._key(k), cid))
-        self._resolved(io)
+            self.stage.step(cid, event, ts, self.out)
         clock = ts - self.cfg.lateness_seconds
         if clock > self.clock:
             self.clock = clock
