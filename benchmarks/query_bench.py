@@ -15,16 +15,17 @@ run (streams.simulator → ingest's validation and split → ``land.touchpoint_r
 real channel / type / identifier mix and real payloads), each tile shifted to another group
 of customers (ids and hashed identifiers rewritten) and to one of three consecutive 30-day
 periods, generated inside ClickHouse with ``INSERT ... SELECT`` over a template table (no
-Python per row); plus ``--dup-ratio`` re-landed duplicates. journeys (rows/10: two versions
-per journey), pain_points (rows/100), care_actions (rows×0.015: decided → sent/held/
+Python per row); plus ``--dup-ratio`` re-landed duplicates. journeys (rows/10 journeys, each
+landed in two versions), pain_points (rows/100), care_actions (rows×0.015: decided → sent/held/
 suppressed → delivered/failed), dead_letters (rows/200) and identity_links (the CRM and
 login links of every customer group) come from ``numbers()`` generators with consistent
 ids. Background merges are allowed to finish before timing.
 
-``--proposals`` (default on) also times patched copies of slow queries (SQL and any extra
-DDL live in this file; the shipped query files are not touched) and checks they return
-the same result. Writes ``benchmarks/results/query_bench.json`` (or
-``query_bench_<rows>.json`` when ``--rows`` is not the default).
+Unless ``--no-proposals``, it also times patched copies of slow queries (their SQL and any
+extra DDL live in this file, in ``PROPOSALS``; the shipped query files are not touched)
+beside the shipped ones, and checks they return the same result. Writes
+``benchmarks/results/query_bench.json`` (or ``query_bench_<rows>.json`` when ``--rows`` is
+not the default).
 """
 
 from __future__ import annotations
@@ -488,10 +489,11 @@ def load(client: Client, plan: Plan, *, seed: int, log: Any = print) -> list[Loa
     steps: list[LoadStep] = []
     t0 = time.perf_counter()
     rows, links = simulate_templates(2000, seed)
-    plan.fit(
-        len(rows),
-        len({r["customer_id"] for r in rows if r["customer_id"]} | {cid for _, cid, _ in links}),
-    )
+    # groups shift customer / loyalty numbers by the largest template number, so no two
+    # groups share an id (the simulator numbers its customers C000001, C000002, ...)
+    ids = {r["customer_id"] for r in rows if r["customer_id"]} | {cid for _, cid, _ in links}
+    ids |= {r["loyalty_id"] for r in rows if r["loyalty_id"]}
+    plan.fit(len(rows), max(int(i[1:]) for i in ids if i[1:].isdigit()))
     steps.append(LoadStep("simulate template", len(rows), time.perf_counter() - t0))
     log(
         f"template: {len(rows):,} touchpoint rows, {len(links):,} links, "
@@ -1052,8 +1054,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "query_bench",
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "wall_seconds": round(time.time() - started, 1),
-        "command": "python -m benchmarks.query_bench "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python -m benchmarks.query_bench", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "machine": {
             **machine,
             "loadavg_at_end": list(os.getloadavg()),

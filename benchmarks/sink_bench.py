@@ -581,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": "sink_bench",
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "wall_seconds": round(time.time() - started, 1),
-        "command": "python -m benchmarks.sink_bench " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.sink_bench", *(argv or sys.argv[1:])]),
         "machine": {
             **machine,
             "loadavg_at_end": list(os.getloadavg()),
