@@ -39,6 +39,7 @@ def build_app(
         broker_heartbeat_interval=1,
         web_enabled=False,
         stream_wait_empty=False,
+        datadir=out.parent / f"{app_id}-data",  # beside the output, not in the repo
     )
     source = app.topic(topic, value_serializer="raw", key_serializer="raw", partitions=partitions)
     state: dict[str, Any] = {"count": 0, "first": 0.0, "last": 0.0, "written": False}

@@ -161,10 +161,12 @@ class Pipeline:
 
     @property
     def prefix(self) -> str:
+        """Topic prefix of this pipeline."""
         return f"b{self.name}."
 
     @property
     def app_id(self) -> str:
+        """Faust app id: consumer groups and changelog topics of this pipeline."""
         return f"bench-{self.name}"
 
     def settings(self, index: int = 0) -> Settings:
@@ -178,9 +180,11 @@ class Pipeline:
         )
 
     def data_dir(self, index: int) -> Path:
+        """Data directory (chDB, Faust) of worker ``index``."""
         return self.root / f"{self.name}-w{index}"
 
     def topic(self, name: str) -> str:
+        """Full name of topic ``name`` in this pipeline."""
         return f"{self.prefix}{name}"
 
     def prepare(self) -> None:
@@ -224,13 +228,16 @@ class Worker:
 
     @property
     def pid(self) -> int:
+        """Process id of the running worker."""
         assert self.proc is not None
         return self.proc.pid
 
     def alive(self) -> bool:
+        """Whether the worker process is still running."""
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, chars: int = 2000) -> str:
+        """The end of the worker's log (for error messages)."""
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
@@ -252,18 +259,23 @@ class Worker:
         return time.monotonic() - self.started_at
 
     def metrics(self) -> dict[str, float]:
+        """The worker's ``/metrics`` (see :func:`scrape`)."""
         return scrape(self.client)
 
     def rss_mb(self) -> float | None:
+        """Current RSS in MiB."""
         return proc_status_mb(self.pid, "VmRSS")
 
     def peak_rss_mb(self) -> float | None:
+        """Peak RSS (VmHWM) in MiB."""
         return proc_status_mb(self.pid, "VmHWM")
 
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Rows of the named query ``name`` from the worker's query API."""
         return self.client.query(name, **params)
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Stop the worker (SIGTERM, SIGKILL after ``timeout`` s) and its HTTP client."""
         if self.proc is not None:
             stop_process(self.proc, timeout=timeout)
         self.client.http.close()

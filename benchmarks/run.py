@@ -96,6 +96,7 @@ class SimLog:
         )
 
     def describe(self) -> dict[str, Any]:
+        """What was simulated and used (for the JSON report)."""
         return {
             "records": len(self.records),
             "valid": self.valid,
@@ -212,6 +213,7 @@ def status(metric: str, value: float | None) -> tuple[float | None, str]:
 
 
 def target_text(metric: str) -> str:
+    """The target of ``metric`` as text (``≥ 25,000``), blank when it has none."""
     if metric not in TARGETS:
         return ""
     kind, target = TARGETS[metric]
