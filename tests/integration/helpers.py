@@ -35,9 +35,17 @@ def expected(tmp_path: Path, sim: SimResult) -> BacktestResult:
 
 
 def publish_customers(worker: WorkerHandle, customers: list[dict]) -> None:
-    """The CRM feed to ``worker``'s customers topic; waits until all are applied."""
+    """The CRM feed to ``worker``'s customers topic; waits until all are applied.
+
+    Compressed with lz4, as CRM connectors often are: Faust agents must read it.
+    """
     s = worker.settings
-    p = Producer({"bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]})
+    p = Producer(
+        {
+            "bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"],
+            "compression.type": "lz4",
+        }
+    )
     for c in customers:
         p.produce(s.topic(s.topic_customers), orjson.dumps(c), c["customer_id"].encode())
     p.flush(10)
