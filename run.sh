@@ -33,7 +33,7 @@ case "$cmd" in
     fi
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    exec "$VENV/bin/pytest" "$@"
+    exec "$VENV/bin/pytest" --durations=25 "$@"  # the slowest tests, to keep CI short
     ;;
   *)
     echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" >&2

@@ -18,6 +18,14 @@ import orjson
 from streams.dispatch import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 
 
+def _why_bad(secret: bytes, header: str, body: bytes) -> str:
+    """Diagnosis of a failed signature: a stale timestamp or a MAC that does not match."""
+    t = dict(p.partition("=")[::2] for p in header.split(",")).get("t", "")
+    if t.isdigit() and verify(secret, header, body, now=float(t)):
+        return f"stale: signed {time.time() - int(t):.0f} s ago"
+    return f"MAC mismatch over {len(body)} bytes: {header[:40]!r}"
+
+
 class Receiver:
     """Counts every request per idempotency key and processes each key once."""
 
@@ -28,6 +36,8 @@ class Receiver:
         self.refused: Counter[str] = Counter()
         self.processed: dict[str, dict[str, Any]] = {}
         self.bad_signatures = 0
+        self.bad_reasons: list[str] = []  # why each bad signature was bad
+        self.truncated = 0  # requests cut short by the sender dying
         self.fail_next = 0
         self.delay = 0.0
         self.waiting = 0  # requests held at the gate right now
@@ -59,7 +69,15 @@ class Receiver:
                 pass
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (a kill -9 test): nothing to answer, and
+                    # not a signature failure; the sender retries after its restart.
+                    with rec.lock:
+                        rec.truncated += 1
+                    self.close_connection = True
+                    return
                 with rec.lock:
                     rec.waiting += 1
                 rec.gate.wait(60)
@@ -70,8 +88,10 @@ class Receiver:
                 key = self.headers.get(IDEMPOTENCY_HEADER, "")
                 with rec.lock:
                     rec.requests[key] += 1
-                    if not verify(rec.secret, self.headers.get(SIGNATURE_HEADER, ""), body):
+                    header = self.headers.get(SIGNATURE_HEADER, "")
+                    if not verify(rec.secret, header, body):
                         rec.bad_signatures += 1
+                        rec.bad_reasons.append(_why_bad(rec.secret, header, body))
                         status = 401
                     elif rec.fail_next > 0:
                         rec.fail_next -= 1

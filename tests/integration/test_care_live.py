@@ -60,7 +60,7 @@ def test_every_action_delivered_once_signed_through_receiver_errors(worker_facto
         wait_until(lambda: set(rec.processed) >= want, 240, "every action delivered", worker)
         time.sleep(3.0)  # anything extra would arrive by now
         assert set(rec.processed) == want
-        assert rec.bad_signatures == 0
+        assert rec.bad_signatures == 0, rec.bad_reasons
         assert not rec.refused, "an action delivered before was sent again"
         retried = [k for k, n in rec.requests.items() if n > 1]
         assert retried, "the 500s must have been retried"

@@ -82,4 +82,4 @@ def test_three_kill_9s_lose_nothing_and_double_nothing(worker_factory, tmp_path)
         assert totals["dead_letters"] == sim.manifest["events_malformed"]
         assert got_pp == want_pp
         assert set(rec.processed) == want_care  # none lost, each processed once
-        assert rec.bad_signatures == 0
+        assert rec.bad_signatures == 0, rec.bad_reasons
