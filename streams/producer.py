@@ -10,12 +10,21 @@ watermark", would miss the tail of the last batch. :meth:`WorkerProducer.flush` 
 closes every flush with a single-record marker batch on each changelog partition it wrote:
 the marker is a delete of a key no table uses, which recovery applies harmlessly, and the
 high watermark is then exact on Tansu and Apache Kafka alike.
+
+Order within a flush matters when the worker dies half-way (kill -9, OOM): outputs first,
+then the state changelog, then the markers. State that says "done" must never be durable
+while the outputs it stands for are not: a pain point recorded as fired in a customer's
+state but never delivered would be lost for good, because the replayed input is then a
+duplicate. The other way round a crash only repeats outputs, which every consumer
+deduplicates by id. Agents therefore queue a batch's outputs before they write its state,
+and a flush delivers what was queued before the state records it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -43,6 +52,9 @@ class WorkerProducer:
         )
         self._errors: list[KafkaError] = []
         self._changelog_parts: set[tuple[str, int]] = set()
+        #: changelog records held back until the outputs queued before them are delivered
+        self._changelog: list[tuple[str, int, bytes, bytes | None]] = []
+        self._changelog_lock = threading.Lock()  # appends (event loop) vs flush (executor)
         self._lock = asyncio.Lock()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -68,10 +80,11 @@ class WorkerProducer:
                 self._producer.poll(0.05)
 
     def changelog(self, topic: str, partitions: int, key: bytes, value: bytes | None) -> int:
-        """Queue a changelog record on the partition Faust's partitioner gives ``key``."""
+        """Hold a changelog record for the next :meth:`flush`, on the partition Faust's
+        partitioner gives ``key`` (it goes out after the outputs, see the module docstring)."""
         part = partition_for(key, partitions)
-        self.produce(topic, value, key, part)
-        self._changelog_parts.add((topic, part))
+        with self._changelog_lock:
+            self._changelog.append((topic, part, key, value))
         return part
 
     async def flush(self, timeout: float = 30.0) -> None:
@@ -81,7 +94,16 @@ class WorkerProducer:
             await loop.run_in_executor(None, self._flush_blocking, timeout)
 
     def _flush_blocking(self, timeout: float) -> None:
-        self._deliver(timeout)
+        # State records taken now have their outputs queued already (agents queue outputs
+        # first); records written while this flush runs wait for the next one.
+        with self._changelog_lock:
+            records, self._changelog = self._changelog, []
+        self._deliver(timeout)  # outputs
+        if records:
+            for topic, part, key, value in records:
+                self.produce(topic, value, key, part)
+                self._changelog_parts.add((topic, part))
+            self._deliver(timeout)  # state
         if self._changelog_parts:
             parts, self._changelog_parts = self._changelog_parts, set()
             for topic, part in sorted(parts):

@@ -240,17 +240,18 @@ def register(
                 sources.add(q)
         if link_rows:
             await warehouse.land("identity_links", link_rows)
+        events.send("items")
+        links.send("links")
+        # Progress goes out after the events it covers: downstream applies a watermark
+        # only to what follows it in the partition.
+        forward_watermarks(sources, now)
+        # State after the outputs it stands for (streams/producer.py: order of a flush).
         held_after = 0
         for key, st in states.items():
             identity[key.encode()] = orjson.dumps(st.to_json())
             held_after += len(st.held)
         metrics.HELD_EVENTS.inc(held_after - held_before)
         metrics.STATE_KEYS.labels(table="identity").set(len(identity.data))
-        events.send("items")
-        links.send("links")
-        # Progress goes out after the events it covers: downstream applies a watermark
-        # only to what follows it in the partition.
-        forward_watermarks(sources, now)
         await producer.flush()
 
     # --- profiles (CRM feed) ---------------------------------------------------------------
@@ -296,8 +297,6 @@ def register(
         ready_parts.add(p)
 
     async def publish(out: Outputs) -> None:
-        for st in stage.release():
-            customers[customer_key(st.customer_id)] = orjson.dumps(st.to_json())
         now = datetime.now(UTC).isoformat()
         for pp in out.pain_points:
             key = customer_key(pp["customer_id"])
@@ -316,6 +315,9 @@ def register(
             metrics.EVENTS_LATE.inc(out.late)
         if out.duplicates:
             metrics.EVENTS_DUPLICATE.inc(out.duplicates)
+        # State after the outputs it stands for (streams/producer.py: order of a flush).
+        for st in stage.release():
+            customers[customer_key(st.customer_id)] = orjson.dumps(st.to_json())
         await producer.flush()
 
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
