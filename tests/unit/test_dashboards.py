@@ -23,7 +23,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -33,8 +33,9 @@ import pytest
 from clickhouse_connect.driver import Client
 
 from sinks.clickhouse import ClickHouseWriter, connect, migrate, query_names, run_query
-from sinks.clickhouse.migrate import default_ddl_dir
-from sinks.clickhouse.queries import query_sql
+from sinks.clickhouse.migrate import default_ddl_dir, load_migrations
+from sinks.clickhouse.queries import EXPORT_QUERIES, query_sql
+from sinks.clickhouse.sqlfiles import render, split_statements
 from streams.config import Settings
 from streams.web.params import declared_params, used_params, with_defaults
 
@@ -639,6 +640,66 @@ def expect_customer_journey(s: Scenario, customer: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["at"], order.index(r["item"]), r["ref"]))
 
 
+def expect_landed_totals(s: Scenario) -> list[dict[str, Any]]:
+    return [
+        {
+            "touchpoints": len({t["event_id"] for t in s.touchpoints}),
+            "dead_letters": len({d["dead_letter_id"] for d in s.dead_letters}),
+            "customers": len({t["customer_id"] for t in s.touchpoints if t["customer_id"]}),
+        }
+    ]
+
+
+def expect_landed_by_channel(s: Scenario) -> list[dict[str, Any]]:
+    ids: dict[str, set[str]] = defaultdict(set)
+    for t in s.touchpoints:
+        ids[t["channel"]].add(t["event_id"])
+    rows = [{"channel": c, "events": len(v)} for c, v in ids.items()]
+    return sorted(rows, key=lambda r: (-r["events"], r["channel"]))
+
+
+def expect_dead_letters_by_reason(s: Scenario) -> list[dict[str, Any]]:
+    ids: dict[str, set[str]] = defaultdict(set)
+    for d in s.dead_letters:
+        ids[d["reason"]].add(d["dead_letter_id"])
+    rows = [{"reason": r, "n": len(v)} for r, v in ids.items()]
+    return sorted(rows, key=lambda r: (-r["n"], r["reason"]))
+
+
+def expect_care_status_totals(s: Scenario) -> list[dict[str, Any]]:
+    ids: dict[str, set[str]] = defaultdict(set)
+    for a in s.care_actions:
+        ids[a["status"]].add(a["action_id"])
+    return [{"status": st, "actions": len(ids[st])} for st in sorted(ids)]
+
+
+def expect_touchpoint_ids(s: Scenario) -> list[dict[str, Any]]:
+    return [{"event_id": e} for e in sorted({t["event_id"] for t in s.touchpoints})]
+
+
+def expect_pain_point_ids(s: Scenario) -> list[dict[str, Any]]:
+    keys = ("pain_point_id", "rule_id", "customer_id", "anchor_event_id")
+    rows = {p["pain_point_id"]: {k: p[k] for k in keys} for p in s.pain_points}
+    return [rows[k] for k in sorted(rows)]
+
+
+def expect_care_action_ids(s: Scenario) -> list[dict[str, Any]]:
+    return [{"action_id": a} for a in sorted({a["action_id"] for a in s.care_actions})]
+
+
+def expect_journey_finals(s: Scenario) -> list[dict[str, Any]]:
+    return [
+        {
+            "journey_id": j["journey_id"],
+            "customer_id": j["customer_id"],
+            "outcome": j["outcome"],
+            "steps": j["steps"],
+            "last_version": j["version"],
+        }
+        for j in sorted(s.final_journeys(), key=lambda j: j["journey_id"])
+    ]
+
+
 #: (query, parameters, expected figures); every named dashboard query, some more than once.
 def cases(s: Scenario) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     return [
@@ -675,6 +736,26 @@ DASHBOARD_QUERIES = {
     *("care_funnel", "care_suppressions", "journey_map", "experience_score_by_tier"),
     *("repeat_contact_rate", "dead_letter_rate", "worst_journeys", "customer_journey"),
 }
+
+
+def other_cases(s: Scenario) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """The named queries that are no dashboard panel: all-time totals and the exports."""
+    return [
+        ("landed_totals", {}, expect_landed_totals(s)),
+        ("landed_by_channel", {}, expect_landed_by_channel(s)),
+        ("dead_letters_by_reason", {}, expect_dead_letters_by_reason(s)),
+        ("care_status_totals", {}, expect_care_status_totals(s)),
+        ("touchpoint_ids", {}, expect_touchpoint_ids(s)),
+        ("pain_point_ids", {}, expect_pain_point_ids(s)),
+        ("care_action_ids", {}, expect_care_action_ids(s)),
+        ("journey_finals", {}, expect_journey_finals(s)),
+    ]
+
+
+OTHER_CASES = other_cases(SCENARIO)
+ALL_CASES = CASES + OTHER_CASES
+#: the queries that read touchpoint_counts (migration 0004), with their expectations
+TOTALS = ("landed_totals", "landed_by_channel", "overview", "dead_letter_rate")
 
 
 def normalise(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -725,7 +806,10 @@ def duplicate(ch: Client, db: str) -> None:
     if _BEFORE:
         return
     _BEFORE.update(
-        {i: run_query(ch, name, params, database=db) for i, (name, params, _) in enumerate(CASES)}
+        {
+            i: run_query(ch, name, params, database=db)
+            for i, (name, params, _) in enumerate(ALL_CASES)
+        }
     )
     dup = duplicates(SCENARIO)
     # a replay cut into other batches, without dedup tokens: real duplicate rows
@@ -761,12 +845,27 @@ def test_query_figures(
     assert normalise(name, rows) == normalise(name, expected)
 
 
+def test_every_named_query_has_ground_truth() -> None:
+    assert {name for name, _, _ in ALL_CASES} == set(query_names())
+    assert {name for name, _, _ in OTHER_CASES} >= EXPORT_QUERIES
+    assert not EXPORT_QUERIES & DASHBOARD_QUERIES
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected"), OTHER_CASES, ids=[n for n, _, _ in OTHER_CASES]
+)
+def test_other_query_figures(
+    ch: Client, landed: str, name: str, params: dict[str, Any], expected: list[dict[str, Any]]
+) -> None:
+    assert run_query(ch, name, params, database=landed) == expected
+
+
 def test_duplicates_really_landed_and_changed_no_figure(ch: Client, db: str) -> None:
     duplicate(ch, db)
     for table, rows in SCENARIO.tables().items():
         n = int(ch.query(f"SELECT count() FROM {db}.{table}").result_rows[0][0])
         assert n > len(rows), f"{table}: the duplicates did not land ({n} rows)"
-    for i, (name, params, _) in enumerate(CASES):
+    for i, (name, params, _) in enumerate(ALL_CASES):
         assert run_query(ch, name, params, database=db) == _BEFORE[i], (name, params)
 
 
@@ -811,6 +910,145 @@ def _only(table: str) -> dict[str, Any]:
     from sinks.clickhouse.tables import TABLES
 
     return {table: TABLES[table]}
+
+
+# --- migration 0004: exact totals from refreshed bucket counts --------------------------------
+
+#: the migration these tests are about, and the query files as they were before it (the
+#: ones 0004 rewrote; the others did not change)
+TOTALS_VERSION = 4
+SQL_0003 = Path(__file__).parent / "sql_0003"
+
+
+def sql_0003(name: str, database: str) -> str:
+    """Query ``name`` as shipped with schema 0003."""
+    old = SQL_0003 / f"{name}.sql"
+    return render(old.read_text(), database) if old.exists() else query_sql(name, database)
+
+
+def run_sql(ch: Client, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(ch.query(sql, parameters=params or None).named_results())
+
+
+def extra_touchpoints() -> list[dict[str, Any]]:
+    """Touchpoints landed later: a new customer's event in an existing (hour, channel,
+    type) bucket, one in a new hour, an anonymous one, and an event landed again."""
+    first = SCENARIO.touchpoints[1]  # e-c1-01: web page_view at day 0, 08:00
+    call = SCENARIO.touchpoints[3]  # e-c1-03: call_centre call_started
+    later = LANDED + timedelta(days=2)
+    return [
+        {**first, "event_id": "e-c10-01", "identity_key": "customer_id:c10",
+         "customer_id": "c10", "occurred_at": at(0, 8, 30), "ingested_at": later},
+        {**call, "event_id": "e-c1-09", "occurred_at": at(3, 9), "ingested_at": later},
+        {**first, "event_id": "e-anon-02", "identity_key": "anonymous_id:a-78",
+         "customer_id": "", "anonymous_id": "a-78", "occurred_at": at(3, 10),
+         "ingested_at": later},
+        {**SCENARIO.touchpoints[9], "ingested_at": later},  # e-c2-01 again
+    ]  # fmt: skip
+
+
+def expect_totals(s: Scenario) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "landed_totals": expect_landed_totals(s),
+        "landed_by_channel": expect_landed_by_channel(s),
+        "overview": expect_overview(s),
+        "dead_letter_rate": expect_dead_letter_rate(s),
+    }
+
+
+def totals(ch: Client, db: str) -> dict[str, list[dict[str, Any]]]:
+    return {name: run_query(ch, name, database=db) for name in TOTALS}
+
+
+def test_upgrade_to_0004_with_data_landed_keeps_every_answer(ch: Client, tmp_path: Path) -> None:
+    """A database at schema 0003 holding data (real duplicates included) answers every named
+    query after 0004 exactly as the 0003 queries did before it; so after a re-run of 0004
+    (a file that failed half-way runs again from its start); and rows landed after the
+    upgrade count through the new views."""
+    name = f"up_{uuid.uuid4().hex[:10]}"
+    ddl = tmp_path / "ddl"
+    ddl.mkdir()
+    shipped = {m.version: m for m in load_migrations()}
+    for m in shipped.values():
+        if m.version < TOTALS_VERSION:
+            (ddl / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    assert migrate(ch, name, ddl_dir=ddl) == [v for v in sorted(shipped) if v < TOTALS_VERSION]
+    land(ch, name, SCENARIO.tables())
+    dup = duplicates(SCENARIO)
+    land(ch, name, {t: rows[::2] for t, rows in dup.items()}, dedup_token=False)
+    land(ch, name, {t: rows[1::2] for t, rows in dup.items()}, dedup_token=False)
+    before = [run_sql(ch, sql_0003(q, name), p) for q, p, _ in ALL_CASES]
+    for (q, _, expected), rows in zip(ALL_CASES, before, strict=True):
+        assert normalise(q, rows) == normalise(q, expected), q  # the 0003 answers were right
+
+    for m in shipped.values():
+        (ddl / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    assert migrate(ch, name, ddl_dir=ddl) == [v for v in sorted(shipped) if v >= TOTALS_VERSION]
+    after = [run_query(ch, q, p, database=name) for q, p, _ in ALL_CASES]
+    for (q, params, _), old, new in zip(ALL_CASES, before, after, strict=True):
+        assert normalise(q, new) == normalise(q, old), (q, params)
+
+    for statement in split_statements(render(shipped[TOTALS_VERSION].sql, name)):
+        ch.command(statement)  # 0004 once more: harmless
+    again = [run_query(ch, q, p, database=name) for q, p, _ in ALL_CASES]
+    for (q, params, _), old, new in zip(ALL_CASES, before, again, strict=True):
+        assert normalise(q, new) == normalise(q, old), (q, params)
+
+    more = extra_touchpoints()
+    land(ch, name, {"touchpoints": more})
+    grown = replace(SCENARIO, touchpoints=SCENARIO.touchpoints + more)
+    assert totals(ch, name) == expect_totals(grown)
+    ch.command(f"DROP DATABASE {name} SYNC")
+
+
+def test_event_totals_are_exact_whether_or_not_the_bucket_counts_are_refreshed(
+    ch: Client,
+) -> None:
+    """touchpoint_counts takes a bucket's refreshed count only while the bucket's parts are
+    the ones it was counted from, and merges every other bucket live: exact at each step.
+    Scheduled refreshes are stopped, so what is cached here does not depend on timing."""
+    name = f"rf_{uuid.uuid4().hex[:10]}"
+    migrate(ch, name)
+    view = f"{name}.touchpoints_hourly_counts"
+
+    def refresh() -> None:
+        ch.command(f"SYSTEM START VIEW {view}")
+        ch.command(f"SYSTEM REFRESH VIEW {view}")
+        ch.command(f"SYSTEM WAIT VIEW {view}")
+        ch.command(f"SYSTEM STOP VIEW {view}")
+
+    def cached() -> dict[tuple[datetime, str, str], int]:
+        rows = ch.query(f"SELECT hour, channel, type, cached FROM {name}.touchpoint_counts")
+        return {(h, str(c), str(t)): n for h, c, t, n in rows.result_rows}
+
+    def bucket(t: dict[str, Any]) -> tuple[datetime, str, str]:
+        return t["occurred_at"].replace(minute=0, second=0), t["channel"], t["type"]
+
+    ch.command(f"SYSTEM STOP VIEW {view}")
+    try:
+        land(ch, name, SCENARIO.tables())
+        assert set(cached().values()) == {0}  # never refreshed since: all merged live
+        assert totals(ch, name) == expect_totals(SCENARIO)
+        refresh()
+        assert set(cached().values()) == {1}
+        assert totals(ch, name) == expect_totals(SCENARIO)
+
+        more = extra_touchpoints()
+        land(ch, name, {"touchpoints": more}, dedup_token=False)
+        land(ch, name, {"touchpoints": SCENARIO.touchpoints[::3]}, dedup_token=False)
+        grown = replace(SCENARIO, touchpoints=SCENARIO.touchpoints + more)
+        touched = {bucket(t) for t in more + SCENARIO.touchpoints[::3]}
+        assert cached() == {b: int(b not in touched) for b in cached()}
+        assert touched <= set(cached())
+        assert totals(ch, name) == expect_totals(grown)
+
+        ch.command(f"OPTIMIZE TABLE {name}.touchpoints_hourly FINAL")  # parts renamed
+        assert totals(ch, name) == expect_totals(grown)
+        refresh()
+        assert set(cached().values()) == {1}
+        assert totals(ch, name) == expect_totals(grown)
+    finally:
+        ch.command(f"DROP DATABASE {name} SYNC")
 
 
 # --- Grafana -------------------------------------------------------------------------------

@@ -1,15 +1,9 @@
 -- Dead letters per reason as a share of all input: rate = dead letters of the reason /
--- (distinct landed touchpoints + all dead letters). The rates add up to the overall rate.
+-- (distinct landed touchpoints + all dead letters), all time. The rates add up to the overall
+-- rate. Landed touchpoints: the exact per-bucket counts of touchpoint_counts (migration
+-- 0004), summed (an event lives in one bucket).
 WITH
-    (
-        SELECT sum(n)
-        FROM
-        (
-            SELECT uniqExactMerge(event_ids) AS n
-            FROM {db}.touchpoints_hourly
-            GROUP BY hour, channel, type
-        )
-    ) AS events,
+    (SELECT sum(events) FROM {db}.touchpoint_counts) AS events,
     (SELECT count() FROM {db}.dead_letters FINAL) AS dead_total
 SELECT
     reason,

@@ -1,8 +1,8 @@
--- Headline figures for the ops page tiles and the Grafana stat row: one row.
--- events: distinct landed touchpoints (an event lives in one hourly bucket, so bucket
--- counts add up); dead_letter_rate: dead letters / (events + dead letters); pain_points and
--- care_actions: distinct ids (a pain point has one rule, an action one kind); journeys and
--- open_journeys: current journey versions.
+-- Headline figures for the ops page tiles and the Grafana stat row: one row, all time.
+-- events: distinct landed touchpoints (the exact per-bucket counts of touchpoint_counts,
+-- migration 0004, summed: an event lives in one bucket); dead_letter_rate: dead letters /
+-- (events + dead letters); pain_points and care_actions: distinct ids (a pain point has one
+-- rule, an action one kind); journeys and open_journeys: current journey versions.
 SELECT
     e.events AS events,
     d.dead_letters AS dead_letters,
@@ -15,13 +15,8 @@ SELECT
     j.open_journeys AS open_journeys
 FROM
 (
-    SELECT sum(n) AS events
-    FROM
-    (
-        SELECT uniqExactMerge(event_ids) AS n
-        FROM {db}.touchpoints_hourly
-        GROUP BY hour, channel, type
-    )
+    SELECT sum(events) AS events
+    FROM {db}.touchpoint_counts
 ) AS e
 CROSS JOIN (SELECT count() AS dead_letters FROM {db}.dead_letters FINAL) AS d
 CROSS JOIN
