@@ -10,6 +10,13 @@ offset is not committed past it, and after the rebalance the consumer seeks back
 committed offset and delivers it again (at-least-once; every touchpath output is
 idempotent). Upstream: faust-streaming PR #223 introduced the skip; issue #527 / #604
 report the same loss for noack streams.
+
+The same rebalance leaves a second hazard: with ``stream_wait_empty=False`` a micro-batch
+taken before the rebalance is still handed to the agent after it, when its partitions may
+already belong to another worker. Processing it there would write table state for keys
+this worker no longer owns — a zombie write that can land in the changelog after the new
+owner's and win on its next recovery. Stateful agents therefore drop such events
+(:func:`current`): they are not acked, so their new owner processes them.
 """
 
 from __future__ import annotations
@@ -29,6 +36,20 @@ def _ack_unless_stale(self: Any, message: Any) -> bool:
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         return False  # fetched before the rebalance: it will be fetched and processed again
     return _original_ack(self, message)
+
+
+def is_current(app: Any, event: Any) -> bool:
+    """Whether ``event`` was fetched in the consumer's current generation."""
+    return bool(event.message.generation_id == app.consumer_generation_id)
+
+
+def current(app: Any, events: list[Any]) -> list[Any]:
+    """The events of a micro-batch fetched since the last rebalance (see the module)."""
+    gen = app.consumer_generation_id
+    kept = [e for e in events if e.message.generation_id == gen]
+    if len(kept) != len(events):
+        log.info("dropped %d events fetched before a rebalance", len(events) - len(kept))
+    return kept
 
 
 def apply() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import faust
 import orjson
 
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.agents.land import decode_all
 from streams.agents.state import FastTable, fast_table
 from streams.config import Settings
@@ -120,9 +120,9 @@ def register(
         name="care",
     )
     async def care(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(50, within=0.05):
+        async for events in stream.take_events(50, within=0.05):
             try:
-                await _care_batch(values)
+                await _care_batch([e.value for e in faust_fixes.current(app, events)])
             except Exception:
                 metrics.AGENT_ERRORS.labels(agent="care").inc()
                 log.exception("care batch failed")
@@ -136,7 +136,11 @@ def register(
             metrics.CARE_ACTIONS.labels(kind=a["kind"], status=a["status"]).inc()
         todo = _to_deliver(actions)
         if todo and dispatcher is not None:
+            generation = app.consumer_generation_id
             results = await dispatcher.deliver_many(todo)
+            # Rebalanced meanwhile: the new owner redelivers (refused by Idempotency-Key),
+            # and this worker must not write state for keys it may no longer own.
+            owned = app.consumer_generation_id == generation
             done: dict[bytes, list[str]] = defaultdict(list)
             for a, r in zip(todo, results, strict=True):
                 if r.status == "failed":
@@ -148,9 +152,9 @@ def register(
                     record = orjson.dumps(dead_letter_record(a, r, now))
                     producer.produce(t_dlq, record, key, partition_for(key, n))
                 done[customer_key(a["customer_id"])].append(a["action_id"])
-            for key, ids in done.items():
-                known = _known(key)
-                delivered[key] = orjson.dumps((known + ids)[-MAX_REMEMBERED:])
+            if owned:
+                for key, ids in done.items():
+                    delivered[key] = orjson.dumps((_known(key) + ids)[-MAX_REMEMBERED:])
         if rows:
             await warehouse.land("care_actions", rows)
         await producer.flush()

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from schemas.customer import CustomerProfile
 from schemas.pii import PiiHasher
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.agents.land import decode_all, touchpoint_rows
 from streams.agents.state import FastTable, fast_table, live_items
 from streams.config import Settings
@@ -170,7 +170,7 @@ def register(
     async def identify(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(50, within=0.05):
             try:
-                await _identify_batch(batch)
+                await _identify_batch(faust_fixes.current(app, batch))
             except Exception:
                 metrics.AGENT_ERRORS.labels(agent="identify").inc()
                 log.exception("identify batch failed")
@@ -204,7 +204,10 @@ def register(
         valid = [e.value for e in batch if e.message.topic == t_valid]
         rows = decode_all(valid, touchpoint_rows, "identify")
         if rows:
+            generation = app.consumer_generation_id
             await warehouse.land("touchpoints", rows)
+            if app.consumer_generation_id != generation:
+                return  # rebalanced while landing: the partitions' owner goes on (unacked)
         link_rows: list[dict[str, Any]] = []
         landed_at = datetime.now(UTC)
         for event in batch:
@@ -323,7 +326,8 @@ def register(
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
     async def journey(stream: faust.StreamT[bytes]) -> None:
         lateness = engine.cfg.lateness_seconds
-        async for batch in stream.take_events(50, within=0.05):
+        async for taken in stream.take_events(50, within=0.05):
+            batch = faust_fixes.current(app, taken)
             out = Outputs()
             now = time.monotonic()
             wall = time.time()
