@@ -29,9 +29,21 @@ from faust.transport.consumer import Consumer
 log = logging.getLogger(__name__)
 
 _original_ack = Consumer.ack
+#: (tp, offset) of messages whose batch failed: never acked (see :func:`refuse`)
+_refused: set[tuple[Any, int]] = set()
+
+
+def refuse(events: list[Any]) -> None:
+    """Never ack these events: their batch failed. ``take()``/``take_events()`` ack a
+    batch in a ``finally``, even when processing it raised; a failed batch must stay
+    uncommitted so that it is processed again after a restart."""
+    _refused.update((e.message.tp, e.message.offset) for e in events)
 
 
 def _ack_unless_stale(self: Any, message: Any) -> bool:
+    if _refused and (message.tp, message.offset) in _refused:
+        _refused.discard((message.tp, message.offset))
+        return False
     app = self.app
     if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
         return False  # fetched before the rebalance: it will be fetched and processed again

@@ -114,9 +114,12 @@ class WorkerProducer:
             self._deliver(timeout)
 
     def _deliver(self, timeout: float) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise KafkaException(f"{remaining} records not delivered within {timeout:.0f} s")
+        # A slow or briefly unreachable broker is back-pressure, not an error: raising here
+        # would fail the batch, and Faust's take() acks a failed batch's messages anyway
+        # (in a finally), which would commit past outputs that never went out. librdkafka
+        # keeps retrying the queued records; keep waiting for them, loudly.
+        while remaining := self._producer.flush(timeout):
+            log.warning("%d records not delivered after %.0f s; still trying", remaining, timeout)
         if self._errors:
             err, self._errors = self._errors[0], []
             raise KafkaException(err)

@@ -124,6 +124,7 @@ def register(
             try:
                 await _care_batch([e.value for e in faust_fixes.current(app, events)])
             except Exception:
+                faust_fixes.refuse(events)
                 metrics.AGENT_ERRORS.labels(agent="care").inc()
                 log.exception("care batch failed")
                 raise

@@ -172,6 +172,7 @@ def register(
             try:
                 await _identify_batch(faust_fixes.current(app, batch))
             except Exception:
+                faust_fixes.refuse(batch)
                 metrics.AGENT_ERRORS.labels(agent="identify").inc()
                 log.exception("identify batch failed")
                 raise
@@ -325,32 +326,40 @@ def register(
 
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
     async def journey(stream: faust.StreamT[bytes]) -> None:
-        lateness = engine.cfg.lateness_seconds
         async for taken in stream.take_events(50, within=0.05):
-            batch = faust_fixes.current(app, taken)
-            out = Outputs()
-            now = time.monotonic()
-            wall = time.time()
-            for event in batch:
-                p = event.message.partition
-                ensure_partition(p)
-                obj = orjson.loads(event.value)
-                for item in obj["items"]:
-                    if "profile" in item:
-                        stage.profile(item["c"], item["profile"])
-                    else:
-                        stage.step(item["c"], item["ev"], item["ts"], out)
-                        metrics.EVENT_LAG.observe(wall - item["ts"])
-                if obj.get("wm") is not None:
-                    wms = journey_wms.get(p)
-                    if wms is None:
-                        wms = journey_wms[p] = SourceWatermarks(idle_after=60.0)
-                        for q in range(n):
-                            wms.touch(str(q), now)
-                    wms.observe(str(obj["src"]), obj["wm"], now)
-                    stage.advance(p, wms.value(now) - lateness, out)
-            await publish(out)
-            metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
+            try:
+                await _journey_batch(faust_fixes.current(app, taken))
+            except Exception:
+                faust_fixes.refuse(taken)
+                metrics.AGENT_ERRORS.labels(agent="journey").inc()
+                log.exception("journey batch failed")
+                raise
+
+    async def _journey_batch(batch: list[Any]) -> None:
+        lateness = engine.cfg.lateness_seconds
+        out = Outputs()
+        now = time.monotonic()
+        wall = time.time()
+        for event in batch:
+            p = event.message.partition
+            ensure_partition(p)
+            obj = orjson.loads(event.value)
+            for item in obj["items"]:
+                if "profile" in item:
+                    stage.profile(item["c"], item["profile"])
+                else:
+                    stage.step(item["c"], item["ev"], item["ts"], out)
+                    metrics.EVENT_LAG.observe(wall - item["ts"])
+            if obj.get("wm") is not None:
+                wms = journey_wms.get(p)
+                if wms is None:
+                    wms = journey_wms[p] = SourceWatermarks(idle_after=60.0)
+                    for q in range(n):
+                        wms.touch(str(q), now)
+                wms.observe(str(obj["src"]), obj["wm"], now)
+                stage.advance(p, wms.value(now) - lateness, out)
+        await publish(out)
+        metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
 
     @app.on_rebalance_complete.connect
     async def _rescan(sender: Any, **_: Any) -> None:
