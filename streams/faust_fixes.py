@@ -17,6 +17,10 @@ already belong to another worker. Processing it there would write table state fo
 this worker no longer owns — a zombie write that can land in the changelog after the new
 owner's and win on its next recovery. Stateful agents therefore drop such events
 (:func:`current`): they are not acked, so their new owner processes them.
+
+Refusing an ack is only safe if Faust then commits below the refused message, and its gap
+check misses the common cases (see :func:`_new_offset_below_holes`): found by a kill -9
+right after a worker's start, which lost the pain points of a few days.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from faust.transport.consumer import Consumer
 log = logging.getLogger(__name__)
 
 _original_ack = Consumer.ack
+_original_new_offset = Consumer._new_offset
+#: offsets whose ack was refused, per tp: the commit must stop below the lowest one
+_holes: dict[Any, set[int]] = {}
 #: (tp, offset) of messages whose batch failed: never acked (see :func:`refuse`)
 _refused: set[tuple[Any, int]] = set()
 
@@ -41,13 +48,47 @@ def refuse(events: list[Any]) -> None:
 
 
 def _ack_unless_stale(self: Any, message: Any) -> bool:
-    if _refused and (message.tp, message.offset) in _refused:
-        _refused.discard((message.tp, message.offset))
-        return False
     app = self.app
-    if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
-        return False  # fetched before the rebalance: it will be fetched and processed again
+    if (_refused and (message.tp, message.offset) in _refused) or (
+        message.generation_id != app.consumer_generation_id or not app.flow_control.is_active()
+    ):
+        # a failed batch, or fetched before the rebalance: processed again later
+        _refused.discard((message.tp, message.offset))
+        _holes.setdefault(message.tp, set()).add(message.offset)
+        return False
     return _original_ack(self, message)
+
+
+def _new_offset_below_holes(self: Any, tp: Any) -> int | None:
+    """Faust's commit offset, never past a message whose ack was refused.
+
+    Faust's own gap check misses exactly these holes: it looks for one only when the tp has
+    a committed offset that is not 0, and only for gaps of two or more at the head
+    (``min(acked) - committed > 1``). A refused message at the head of a fresh partition,
+    or alone right at the committed offset, was committed past — and lost on the next
+    restart.
+    """
+    holes = _holes.get(tp)
+    if holes:
+        committed = self._committed_offset[tp]
+        acked_now = self._acked_index[tp]
+        holes.difference_update(
+            [h for h in holes if h in acked_now or (committed is not None and h < committed)]
+        )
+        if holes:
+            lowest = min(holes)
+            acked = self._acked[tp]
+            above = [o for o in acked if o >= lowest]
+            if above:
+                acked[:] = [o for o in acked if o < lowest]
+                try:
+                    return _original_new_offset(self, tp)
+                finally:
+                    acked.extend(above)
+                    acked.sort()
+        else:
+            del _holes[tp]
+    return _original_new_offset(self, tp)
 
 
 def is_current(app: Any, event: Any) -> bool:
@@ -68,4 +109,5 @@ def apply() -> None:
     """Install the workaround (idempotent)."""
     if Consumer.ack is not _ack_unless_stale:
         Consumer.ack = _ack_unless_stale  # type: ignore[method-assign]
+        Consumer._new_offset = _new_offset_below_holes  # type: ignore[method-assign]
         log.debug("faust consumer: stale-generation messages are no longer acked")

@@ -46,3 +46,43 @@ def test_stale_generation_is_not_acked_and_not_processed(monkeypatch) -> None:
     faust_fixes._ack_unless_stale(c, new.message)
     assert calls == [2]
     assert faust_fixes.current(c.app, [old, new]) == [new]
+
+
+def _committer(committed: int | None, acked: list[int]) -> Any:
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    c = _consumer()
+    c._committed_offset = defaultdict(lambda: None, {("t", 0): committed})
+    c._acked = defaultdict(list, {("t", 0): list(acked)})
+    c._acked_index = defaultdict(set, {("t", 0): set(acked)})
+    c._gap = defaultdict(IntervalTree)
+    return c
+
+
+def test_no_commit_past_a_refused_message_of_a_fresh_partition(monkeypatch) -> None:
+    monkeypatch.setattr(faust_fixes, "_holes", {})
+    c = _committer(None, [])
+    faust_fixes._ack_unless_stale(c, _event(0, generation=2).message)  # stale: refused
+    c._acked[("t", 0)] = [1, 2, 3]
+    c._acked_index[("t", 0)] = {1, 2, 3}
+    # Faust alone would commit 4 here: no committed offset means no gap check.
+    assert faust_fixes._original_new_offset(_committer(None, [1, 2, 3]), ("t", 0)) == 4
+    assert faust_fixes._new_offset_below_holes(c, ("t", 0)) is None
+    # once the refused message is processed and acked, everything commits
+    c._acked[("t", 0)] = [0, 1, 2, 3]
+    c._acked_index[("t", 0)] = {0, 1, 2, 3}
+    assert faust_fixes._new_offset_below_holes(c, ("t", 0)) == 4
+
+
+def test_no_commit_past_a_single_refused_message_at_the_committed_offset(monkeypatch) -> None:
+    monkeypatch.setattr(faust_fixes, "_holes", {})
+    c = _committer(10, [])
+    faust_fixes.refuse([_event(10)])
+    faust_fixes._ack_unless_stale(c, _event(10).message)
+    c._acked[("t", 0)] = [11, 12]
+    c._acked_index[("t", 0)] = {11, 12}
+    assert faust_fixes._original_new_offset(_committer(10, [11, 12]), ("t", 0)) == 13
+    assert faust_fixes._new_offset_below_holes(c, ("t", 0)) is None
+    assert c._acked[("t", 0)] == [11, 12]  # kept for later
