@@ -48,7 +48,7 @@ def test_live_worker_equals_backtest_and_ground_truth(worker_factory, tmp_path):
 def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, tmp_path):
     """Tables recover from their changelogs after a kill -9: the final pain points equal
     an uninterrupted run (the backtest), and every touchpoint lands exactly once."""
-    sim = simulate(SimConfig(customers=1000, days=30, seed=22))
+    sim = simulate(SimConfig(customers=600, days=30, seed=22))
     want = {p["pain_point_id"] for p in expected(tmp_path, sim).pain_points}
     first = worker_factory()
     publish_customers(first, sim.customers)

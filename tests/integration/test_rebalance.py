@@ -69,7 +69,12 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
     split = [int(w.query("landed_totals")[0]["touchpoints"]) for w in workers]
     print(f"two workers, one restarted: touchpoints landed per worker {split}")
     assert _union(workers, "touchpoint_ids", "event_id") == valid_ids
-    assert got_pp == want_pp
+    missing = sorted(
+        (p["detected_at"], p["rule_id"], p["customer_id"])
+        for p in result.pain_points
+        if p["pain_point_id"] not in got_pp
+    )
+    assert got_pp == want_pp, f"{len(missing)} missing, {len(got_pp - want_pp)} extra: {missing}"
     assert all(n > 0 for n in split), "both workers must have had partitions"
 
 
