@@ -26,6 +26,7 @@ right after a worker's start, which lost the pain points of a few days.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -45,6 +46,23 @@ def refuse(events: list[Any]) -> None:
     batch in a ``finally``, even when processing it raised; a failed batch must stay
     uncommitted so that it is processed again after a restart."""
     _refused.update((e.message.tp, e.message.offset) for e in events)
+
+
+async def process_batch(
+    app: Any, agent: str, taken: list[Any], process: Callable[[list[Any]], Awaitable[None]]
+) -> None:
+    """Run ``process`` on the current events of a taken micro-batch (:func:`current`); if
+    it raises, the batch is never acked (:func:`refuse`), counted and logged, and the error
+    propagates."""
+    from streams import metrics  # here: metrics imports nothing of Faust's
+
+    try:
+        await process(current(app, taken))
+    except Exception:
+        refuse(taken)
+        metrics.AGENT_ERRORS.labels(agent=agent).inc()
+        log.exception("%s batch failed", agent)
+        raise
 
 
 def _ack_unless_stale(self: Any, message: Any) -> bool:

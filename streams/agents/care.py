@@ -121,16 +121,10 @@ def register(
     )
     async def care(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(50, within=0.05):
-            try:
-                await _care_batch([e.value for e in faust_fixes.current(app, events)])
-            except Exception:
-                faust_fixes.refuse(events)
-                metrics.AGENT_ERRORS.labels(agent="care").inc()
-                log.exception("care batch failed")
-                raise
+            await faust_fixes.process_batch(app, "care", events, _care_batch)
 
-    async def _care_batch(values: list[bytes]) -> None:
-        actions = decode_all(values, action_items, "care")
+    async def _care_batch(events: list[Any]) -> None:
+        actions = decode_all([e.value for e in events], action_items, "care")
         now = datetime.now(UTC)
         rows = [decision_row(a, now) for a in actions]
         for a in actions:

@@ -169,13 +169,7 @@ def register(
     )
     async def identify(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take_events(50, within=0.05):
-            try:
-                await _identify_batch(faust_fixes.current(app, batch))
-            except Exception:
-                faust_fixes.refuse(batch)
-                metrics.AGENT_ERRORS.labels(agent="identify").inc()
-                log.exception("identify batch failed")
-                raise
+            await faust_fixes.process_batch(app, "identify", batch, _identify_batch)
 
     async def _identify_batch(batch: list[Any]) -> None:
         if rescan_held.is_set():
@@ -327,13 +321,7 @@ def register(
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
     async def journey(stream: faust.StreamT[bytes]) -> None:
         async for taken in stream.take_events(50, within=0.05):
-            try:
-                await _journey_batch(faust_fixes.current(app, taken))
-            except Exception:
-                faust_fixes.refuse(taken)
-                metrics.AGENT_ERRORS.labels(agent="journey").inc()
-                log.exception("journey batch failed")
-                raise
+            await faust_fixes.process_batch(app, "journey", taken, _journey_batch)
 
     async def _journey_batch(batch: list[Any]) -> None:
         lateness = engine.cfg.lateness_seconds
