@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +55,8 @@ class RawRecord:
 
 #: Kafka header ``touchpath replay`` puts on re-published records.
 REPLAY_HEADER = "touchpath-replay"
+#: Event-time progress goes to every downstream partition at least this often (seconds).
+KEEPALIVE_SECONDS = 2.0
 
 
 def replay_mode(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
@@ -195,21 +196,34 @@ class Ingestor:
             }
         )
         self._delivery_errors: list[KafkaError] = []
-        self.source_id = uuid.uuid4().hex[:12]
         self.watermarks = SourceWatermarks(
             idle_after=settings.idle_advance_seconds, follow_wall_time=True
         )
-        self._sent_wm: dict[int, tuple[float | None, float]] = {}
+        self._sent_wm: dict[int, tuple[dict[str, float | None], float]] = {}
+        self.raw_partitions = self._count_partitions(settings.partitions)
         self._lag_at = 0.0
         self._paused: set[tuple[str, int]] = set()
         self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
 
+    def _count_partitions(self, default: int) -> int:
+        try:
+            md = self.consumer.list_topics(self.raw_topic, timeout=10)
+            return len(md.topics[self.raw_topic].partitions) or default
+        except (KafkaException, KeyError) as exc:
+            log.warning("partitions of %s unknown (%s); assuming %d", self.raw_topic, exc, default)
+            return default
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("ingest assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         now = time.monotonic()
+        owned = {f"{tp.topic}:{tp.partition}" for tp in partitions}
+        for src in list(self.watermarks.expected):
+            if src not in owned:  # revoked: its new owner reports it from now on
+                self.watermarks.forget(src)
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
             self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused
+        self.raw_partitions = max([self.raw_partitions, *(tp.partition + 1 for tp in partitions)])
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -319,21 +333,46 @@ class Ingestor:
         except KafkaException as exc:  # a metric must never stop ingest
             log.debug("consumer lag not available: %s", exc)
 
-    def _watermark(self) -> float | None:
-        wm = self.watermarks.value(time.monotonic())
-        return None if wm == float("-inf") else wm
+    def progress(self) -> dict[str, float | None]:
+        """Event-time progress of each raw partition this ingest owns, as sent downstream.
 
-    def _heartbeat(self, min_interval: float) -> None:
-        """Tell every downstream partition how far event time has progressed."""
-        wm = self._watermark()
+        Downstream takes the minimum over *every* raw partition, whoever owns it, so a
+        partition moving to another worker (rebalance, crash) holds event time back until
+        its new owner reports it — never does one worker's progress on its own partitions
+        run ahead of events another worker has yet to read. A caught-up (idle) partition
+        reports this ingest's low watermark (which follows wall time when all are idle), or
+        ``None`` (idle, nothing known: not to be waited for); one that is being read but has
+        delivered nothing yet is left out, so downstream keeps waiting for it.
+        """
+        now = time.monotonic()
+        wms = self.watermarks
+        low = wms.value(now)
+        out: dict[str, float | None] = {}
+        for src in wms.expected:
+            v = wms.progress(src)
+            idle = wms.is_idle(src, now)
+            if idle:
+                v = max(v, low)
+            if v != float("-inf"):
+                out[src.rsplit(":", 1)[1]] = v
+            elif idle:
+                out[src.rsplit(":", 1)[1]] = None
+        return out
+
+    def _heartbeat(self, min_interval: float, keepalive: float = KEEPALIVE_SECONDS) -> None:
+        """Tell every downstream partition how far event time has progressed: on a change
+        (at most every ``min_interval``) and every ``keepalive`` seconds regardless, so a
+        stage that lost its state in a rebalance learns it again."""
+        progress = self.progress()
         now = time.monotonic()
         at = datetime.now(UTC).isoformat()
         sent = False
         for part in range(self.settings.partitions):
-            last_wm, last_at = self._sent_wm.get(part, (None, 0.0))
-            if wm != last_wm and now - last_at >= min_interval:
-                self._produce(self.valid_topic, encode([], at, wm, self.source_id), None, part)
-                self._sent_wm[part] = (wm, now)
+            last, last_at = self._sent_wm.get(part, (None, 0.0))
+            if (progress != last and now - last_at >= min_interval) or now - last_at >= keepalive:
+                msg = encode([], at, progress, self.raw_partitions)
+                self._produce(self.valid_topic, msg, None, part)
+                self._sent_wm[part] = (progress, now)
                 sent = True
         if sent:
             self.producer.flush(10)
@@ -343,12 +382,13 @@ class Ingestor:
         now = time.monotonic()
         for src, ts in result.max_ts.items():
             self.watermarks.observe(src, ts, now)
-        wm = self._watermark()
+        progress = self.progress()
         at = datetime.now(UTC).isoformat()
         for part, chunks in result.batches.items():
             for chunk in chunks:
-                self._produce(self.valid_topic, encode(chunk, at, wm, self.source_id), None, part)
-            self._sent_wm[part] = (wm, now)
+                msg = encode(chunk, at, progress, self.raw_partitions)
+                self._produce(self.valid_topic, msg, None, part)
+            self._sent_wm[part] = (progress, now)
         for dl in result.dead_letters:
             self._produce(self.dlq_topic, dl.model_dump_json().encode(), dl.dead_letter_id.encode())
         remaining = self.producer.flush(30)

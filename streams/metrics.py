@@ -141,6 +141,19 @@ HELD_EVENTS = Gauge(
     "Anonymous events buffered until their customer is known (this worker).",
     registry=REGISTRY,
 )
+JOURNEY_WATERMARK = Gauge(
+    "touchpath_journey_watermark_seconds",
+    "Event-time low watermark of each journey partition this worker owns (Unix seconds): "
+    "events before it are applied, the stream clock is it minus the allowed lateness.",
+    ["partition"],
+    registry=REGISTRY,
+)
+JOURNEY_WAITING = Gauge(
+    "touchpath_journey_waiting_events",
+    "Events in the journey stage's reorder buffers, waiting for the watermark to pass them.",
+    ["partition"],
+    registry=REGISTRY,
+)
 INGEST_PAUSED = Gauge(
     "touchpath_ingest_paused_partitions",
     "Raw partitions paused by watermark alignment (ahead of the slowest in event time).",

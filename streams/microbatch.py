@@ -24,11 +24,22 @@ class Item(TypedDict):
 
 
 def encode(
-    items: list[Item], ingested_at: str, watermark: float | None = None, source: str = ""
+    items: list[Item],
+    ingested_at: str,
+    progress: dict[str, float | None] | None = None,
+    partitions: int = 0,
 ) -> bytes:
-    """Serialize one micro-batch; ``watermark``/``source`` carry event-time progress."""
+    """Serialize one micro-batch with event-time progress: ``progress`` maps each raw
+    partition the sender owns to how far its event time has certainly got (``None``: idle,
+    nothing known), out of ``partitions`` raw partitions in all."""
     return orjson.dumps(
-        {"v": MICROBATCH_VERSION, "at": ingested_at, "items": items, "wm": watermark, "src": source}
+        {
+            "v": MICROBATCH_VERSION,
+            "at": ingested_at,
+            "items": items,
+            "wms": progress or {},
+            "nr": partitions,
+        }
     )
 
 

@@ -52,6 +52,10 @@ class SourceWatermarks:
         does not hold the watermark back until it delivers again."""
         self._seen_at[src] = now - self.idle_after
 
+    def is_idle(self, src: str, now: float) -> bool:
+        """Whether ``src`` has stopped holding the watermark back (silent, or caught up)."""
+        return now - self._seen_at.get(src, now) >= self.idle_after
+
     def progress(self, src: str) -> float:
         """Largest event time ``src`` has delivered (``-inf``: nothing yet)."""
         return self._max.get(src, NEG_INF)
@@ -64,11 +68,7 @@ class SourceWatermarks:
 
     def value(self, now: float) -> float:
         """The current low watermark (``-inf`` until every active input has progressed)."""
-        active = [
-            s
-            for s in (self.expected | self._max.keys())
-            if now - self._seen_at.get(s, now) < self.idle_after
-        ]
+        active = [s for s in (self.expected | self._max.keys()) if not self.is_idle(s, now)]
         if active:
             wm = min(self._max.get(s, NEG_INF) for s in active)
         elif self._max:

@@ -14,6 +14,7 @@ acked — so Faust commits source offsets after state and outputs are durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -41,6 +42,7 @@ from streams.engine.identity import (
 )
 from streams.engine.journey import REPLAY_FLAG, CustomerState, JourneyEngine, Outputs
 from streams.engine.stage import JourneyStage, customer_key
+from streams.ingest import KEEPALIVE_SECONDS
 from streams.partitioning import partition_for
 from streams.producer import MARKER_KEY, WorkerProducer
 from streams.warehouse import Warehouse
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 MAX_ITEMS = 500
 #: Bytes per outgoing micro-batch message: under the 1 MB default message limit.
 MAX_BYTES = 900_000
+#: Watermark inputs are never dropped for silence (see ``forward_watermarks``).
+_NEVER = float("inf")
+_NINF = float("-inf")
 
 
 def _ts(iso: str) -> float:
@@ -133,31 +138,43 @@ def register(
     # Event-time progress of each identify partition q: what ingest promised on q, and what
     # every identify partition q' promised on the links topic (a link is caused by an event
     # on q', so once q' is past W no link for an event before W can still be in flight).
-    ingest_wms: dict[int, SourceWatermarks] = defaultdict(lambda: SourceWatermarks(idle_after=60))
+    # Inputs are partitions (raw, identify), never worker instances: a partition that moves
+    # to another worker holds event time back until its new owner reports it, so no input
+    # is ever dropped for silence (an instance that dies takes its partitions' promises
+    # with it, and their new owner re-reads what it had not committed).
+    ingest_wms: dict[int, SourceWatermarks] = defaultdict(
+        lambda: SourceWatermarks(idle_after=_NEVER)
+    )
     link_wms: dict[int, SourceWatermarks] = {}
-    sent_links_wm: dict[int, float] = {}
-    sent_journey_wm: dict[int, float] = {}
+    sent_links_wm: dict[int, tuple[float, float]] = {}
+    sent_journey_wm: dict[int, tuple[float, float]] = {}
 
     def link_wm(q: int, now: float) -> SourceWatermarks:
         wms = link_wms.get(q)
         if wms is None:
-            wms = link_wms[q] = SourceWatermarks(idle_after=60)
+            wms = link_wms[q] = SourceWatermarks(idle_after=_NEVER)
             for src in range(n):
                 wms.touch(str(src), now)
         return wms
 
+    def due(sent: dict[int, tuple[float, float]], q: int, wm: float, now: float) -> bool:
+        """Send ``wm`` for ``q``: it moved on, or it is time to repeat it (after a
+        rebalance the receiving partition's new owner waits to hear from every ``q``)."""
+        last, at = sent.get(q, (_NINF, _NINF))
+        if wm == _NINF or (wm <= last and now - at < KEEPALIVE_SECONDS):
+            return False
+        sent[q] = (max(wm, last), now)
+        return True
+
     def forward_watermarks(sources: set[int], now: float) -> None:
-        neg = float("-inf")
         for q in sorted(sources):
             iw = ingest_wms[q].value(now)
-            if iw > sent_links_wm.get(q, neg):
-                sent_links_wm[q] = iw
+            if due(sent_links_wm, q, iw, now):
                 msg = orjson.dumps({"links": [], "wm": iw, "src": q})
                 for part in range(n):
                     producer.produce(t_links, msg, None, part)
             out = min(iw, link_wm(q, now).value(now))
-            if out > sent_journey_wm.get(q, neg):
-                sent_journey_wm[q] = out
+            if due(sent_journey_wm, q, out, now):
                 msg = orjson.dumps({"items": [], "wm": out, "src": q})
                 for part in range(n):
                     producer.produce(t_events, msg, None, part)
@@ -233,8 +250,17 @@ def register(
                 emit_identity(
                     observe_event(st, key, _ts(tp["occurred_at"]), tp, limits), events, links
                 )
-            if obj.get("wm") is not None:
-                ingest_wms[q].observe(obj.get("src", ""), obj["wm"], now)
+            progress = obj.get("wms")
+            if progress is not None:
+                wms = ingest_wms[q]
+                if len(wms.expected) < obj.get("nr", 0):
+                    for r in range(obj["nr"]):
+                        wms.touch(str(r), now)
+                for r, v in progress.items():
+                    if v is None:
+                        wms.caught_up(r, now)  # idle, nothing known: not waited for
+                    else:
+                        wms.observe(r, v, now)
                 sources.add(q)
         if link_rows:
             await warehouse.land("identity_links", link_rows)
@@ -328,9 +354,11 @@ def register(
         out = Outputs()
         now = time.monotonic()
         wall = time.time()
+        parts: set[int] = set()
         for event in batch:
             p = event.message.partition
             ensure_partition(p)
+            parts.add(p)
             obj = orjson.loads(event.value)
             for item in obj["items"]:
                 if "profile" in item:
@@ -341,13 +369,18 @@ def register(
             if obj.get("wm") is not None:
                 wms = journey_wms.get(p)
                 if wms is None:
-                    wms = journey_wms[p] = SourceWatermarks(idle_after=60.0)
+                    wms = journey_wms[p] = SourceWatermarks(idle_after=_NEVER)
                     for q in range(n):
                         wms.touch(str(q), now)
                 wms.observe(str(obj["src"]), obj["wm"], now)
                 stage.advance(p, wms.value(now) - lateness, out)
         await publish(out)
         metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
+        for p in parts:
+            metrics.JOURNEY_WAITING.labels(partition=str(p)).set(stage.waiting(p))
+            wms = journey_wms.get(p)
+            if wms is not None and wms.value(now) != float("-inf"):
+                metrics.JOURNEY_WATERMARK.labels(partition=str(p)).set(wms.value(now))
 
     @app.on_rebalance_complete.connect
     async def _rescan(sender: Any, **_: Any) -> None:
@@ -360,3 +393,6 @@ def register(
                 stage.forget(tp.partition)
                 ready_parts.discard(tp.partition)
                 journey_wms.pop(tp.partition, None)
+                for gauge in (metrics.JOURNEY_WAITING, metrics.JOURNEY_WATERMARK):
+                    with contextlib.suppress(KeyError):  # never set for this partition
+                        gauge.remove(str(tp.partition))

@@ -211,6 +211,10 @@ class JourneyStage:
                     scheduled[cid] = nxt
                     push(heap, (nxt, cid))
 
+    def waiting(self, p: int) -> int:
+        """Entries in partition ``p``'s reorder buffer (events the watermark has not passed)."""
+        return len(self._waiting.get(p, ()))
+
     def _schedule(self, p: int, cid: str, due: float) -> None:
         if due < self._scheduled.get(cid, _INF):
             self._scheduled[cid] = due

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from replay.backtest import BacktestResult, backtest
 from schemas.validation import Validator
@@ -66,6 +67,31 @@ def publish_records(worker: WorkerHandle, records: list[bytes]) -> None:
         topic=s.topic(s.topic_raw),
         rate=None,
     )
+
+
+def read_topic(worker: WorkerHandle, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of ``topic`` from offset 0, read until fetches come back empty
+    (the embedded broker's high watermark alone is not trusted)."""
+    bootstrap = worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}"})
+    parts = set(md.topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[tuple[bytes | None, bytes | None]] = []
+    # Done with a partition at a record written after the start (watermark heartbeats keep
+    # coming on a live pipeline), or when fetches come back empty.
+    started_ms = time.time() * 1000
+    idle = 0
+    while parts and idle < 3:
+        msgs = consumer.consume(1000, timeout=1.0)
+        idle = 0 if msgs else idle + 1
+        for m in msgs:
+            if m.error() is None:
+                out.append((m.key(), m.value()))
+                if m.timestamp()[1] >= started_ms:
+                    parts.discard(m.partition())
+    consumer.close()
+    return out
 
 
 def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:

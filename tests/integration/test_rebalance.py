@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 
 from streams.runtime import stop_process
 from streams.simulator import SimConfig, simulate
 from tests.integration.conftest import wait_until
-from tests.integration.helpers import counter, expected, publish_customers, publish_records
+from tests.integration.helpers import (
+    counter,
+    expected,
+    publish_customers,
+    publish_records,
+    read_topic,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -52,12 +59,20 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
 
     workers = (a, b2)
     valid_ids = _valid_ids(sim.records)
-    wait_until(
-        lambda: _union(workers, "touchpoint_ids", "event_id") >= valid_ids,
-        300,
-        "every touchpoint landed",
-        a,
-    )
+    try:
+        wait_until(
+            lambda: _union(workers, "touchpoint_ids", "event_id") >= valid_ids,
+            300,
+            "every touchpoint landed",
+            a,
+        )
+    except BaseException:
+        missing_tp = valid_ids - _union(workers, "touchpoint_ids", "event_id")
+        print(f"{len(missing_tp)} of {len(valid_ids)} touchpoints never landed")
+        print(
+            "counters:", [{k: v for k, v in w.counters().items() if "{" not in k} for w in workers]
+        )
+        raise
     deadline = time.monotonic() + 120  # then the assertion below names what is missing
     while time.monotonic() < deadline:
         if _union(workers, "pain_point_ids", "pain_point_id") >= want_pp:
@@ -73,8 +88,48 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
         for p in result.pain_points
         if p["pain_point_id"] not in got_pp
     )
-    assert got_pp == want_pp, f"{len(missing)} missing, {len(got_pp - want_pp)} extra: {missing}"
+    if got_pp != want_pp:  # where were they lost? (the topic, or landing)
+        s = a.settings
+        on_topic = {
+            orjson.loads(v)["pain_point_id"] for _, v in read_topic(a, s.topic(s.topic_pain_points))
+        }
+        late = [counter(w, "touchpath_events_late_total") for w in workers]
+        stepped = {
+            item["ev"]["event_id"]
+            for _, v in read_topic(a, s.topic(s.topic_journey_events))
+            if v
+            for item in orjson.loads(v).get("items", ())
+            if "ev" in item
+        }
+        pytest.fail(
+            f"{len(missing)} missing, {len(got_pp - want_pp)} extra: {missing}; "
+            f"missing but on the pain-points topic: {len(want_pp - got_pp & on_topic)}; "
+            f"late events per worker {late}; "
+            f"valid events never sent to the journey stage: {len(valid_ids - stepped)}; "
+            f"journey partitions: {[_journey_progress(w) for w in workers]}"
+        )
     assert all(n > 0 for n in split), "both workers must have had partitions"
+
+
+def _journey_progress(worker) -> dict[str, tuple[str, float]]:
+    """Per journey partition of ``worker``: its watermark (ISO) and waiting events."""
+    from datetime import UTC, datetime
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = worker.client.http.get("/metrics").text
+    wm: dict[str, float] = {}
+    waiting: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "touchpath_journey_watermark_seconds":
+                wm[s.labels["partition"]] = s.value
+            elif s.name == "touchpath_journey_waiting_events":
+                waiting[s.labels["partition"]] = s.value
+    return {
+        p: (datetime.fromtimestamp(wm[p], UTC).isoformat() if p in wm else "-", waiting.get(p, 0))
+        for p in sorted(wm.keys() | waiting.keys(), key=int)
+    }
 
 
 def _valid_ids(records: list[bytes]) -> set[str]:

@@ -145,7 +145,7 @@ def _check_batch(cases: list[tuple[bytes, str | None]], stats: Counter[str]) -> 
     assert sum(out.valid_by_channel.values()) == len(valid_offsets)
     for chunks in out.batches.values():
         for chunk in chunks:
-            encoded = microbatch.encode(chunk, NOW.isoformat(), 0.0, "src")  # what ingest sends
+            encoded = microbatch.encode(chunk, NOW.isoformat(), {"0": 0.0}, 4)  # what ingest sends
             assert len(encoded) <= MAX_MICROBATCH_BYTES + 200
             _no_raw_pii(encoded, "a micro-batch")
     stats["records"] += len(cases)
