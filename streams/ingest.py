@@ -16,6 +16,7 @@ per message, so ingest reads the raw topic with confluent-kafka in batches inste
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -220,6 +221,9 @@ class Ingestor:
         for src in list(self.watermarks.expected):
             if src not in owned:  # revoked: its new owner reports it from now on
                 self.watermarks.forget(src)
+                topic, part = src.rsplit(":", 1)
+                with contextlib.suppress(KeyError):  # its lag is the new owner's to report
+                    metrics.CONSUMER_LAG.remove(topic, part)
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
             self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused

@@ -28,6 +28,8 @@ REQUIRED = {
     "touchpath_sink_backlog_rows": "gauge",
     "touchpath_state_keys": "gauge",
     "touchpath_identity_held_events": "gauge",
+    "touchpath_journey_watermark_seconds": "gauge",
+    "touchpath_journey_waiting_events": "gauge",
     "touchpath_dispatch_seconds": "histogram",
     "touchpath_dispatch_retries": "counter",
     "touchpath_worker_ready": "gauge",
