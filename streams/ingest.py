@@ -210,7 +210,7 @@ class Ingestor:
         try:
             md = self.consumer.list_topics(self.raw_topic, timeout=10)
             return len(md.topics[self.raw_topic].partitions) or default
-        except (KafkaException, KeyError) as exc:
+        except Exception as exc:  # a hint only: assignments tell the count too
             log.warning("partitions of %s unknown (%s); assuming %d", self.raw_topic, exc, default)
             return default
 
