@@ -357,10 +357,8 @@ class Ingestor:
             idle = wms.is_idle(src, now)
             if idle:
                 v = max(v, low)
-            if v != float("-inf"):
-                out[src.rsplit(":", 1)[1]] = v
-            elif idle:
-                out[src.rsplit(":", 1)[1]] = None
+            if v != float("-inf") or idle:
+                out[src.rsplit(":", 1)[1]] = None if v == float("-inf") else v
         return out
 
     def _heartbeat(self, min_interval: float, keepalive: float = KEEPALIVE_SECONDS) -> None:

@@ -378,9 +378,9 @@ def register(
         metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
         for p in parts:
             metrics.JOURNEY_WAITING.labels(partition=str(p)).set(stage.waiting(p))
-            wms = journey_wms.get(p)
-            if wms is not None and wms.value(now) != float("-inf"):
-                metrics.JOURNEY_WATERMARK.labels(partition=str(p)).set(wms.value(now))
+            wm = journey_wms[p].value(now) if p in journey_wms else _NINF
+            if wm != _NINF:
+                metrics.JOURNEY_WATERMARK.labels(partition=str(p)).set(wm)
 
     @app.on_rebalance_complete.connect
     async def _rescan(sender: Any, **_: Any) -> None:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from replay.backtest import BacktestResult, backtest
@@ -69,27 +69,40 @@ def publish_records(worker: WorkerHandle, records: list[bytes]) -> None:
     )
 
 
-def read_topic(worker: WorkerHandle, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of ``topic`` from offset 0, read until fetches come back empty
-    (the embedded broker's high watermark alone is not trusted)."""
-    bootstrap = worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}"})
-    parts = set(md.topics[topic].partitions)
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out: list[tuple[bytes | None, bytes | None]] = []
-    # Done with a partition at a record written after the start (watermark heartbeats keep
-    # coming on a live pipeline), or when fetches come back empty.
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None]
+
+
+def read_topics(bootstrap: str, topics: list[str]) -> dict[str, list[Record]]:
+    """Every (key, value, headers) of ``topics`` from offset 0, per topic.
+
+    A partition is done at its end (a fetch found nothing more: records come in whole
+    batches, so the embedded broker's short high watermark loses none) or at a record
+    written after the reading started (watermark keepalives keep coming on a live pipeline).
+    """
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{time.time_ns()}",
+            "enable.partition.eof": True,
+        }
+    )
+    parts = {(t, p) for t in topics for p in md.topics[t].partitions}
+    consumer.assign([TopicPartition(t, p, 0) for t, p in parts])
+    out: dict[str, list[Record]] = {t: [] for t in topics}
     started_ms = time.time() * 1000
     idle = 0
     while parts and idle < 3:
         msgs = consumer.consume(1000, timeout=1.0)
         idle = 0 if msgs else idle + 1
         for m in msgs:
-            if m.error() is None:
-                out.append((m.key(), m.value()))
-                if m.timestamp()[1] >= started_ms:
-                    parts.discard(m.partition())
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    parts.discard((m.topic(), m.partition()))
+                continue
+            out[m.topic()].append((m.key(), m.value(), m.headers()))
+            if m.timestamp()[1] >= started_ms:
+                parts.discard((m.topic(), m.partition()))
     consumer.close()
     return out
 

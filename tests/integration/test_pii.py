@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from schemas.dead_letter import DeadLetter
 from schemas.pii import PiiHasher, normalize_email, normalize_phone
 from streams.runtime import stop_process
 from tests.integration.conftest import wait_until
-from tests.integration.helpers import counter, publish_customers
+from tests.integration.helpers import counter, publish_customers, read_topics
 from tests.integration.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -117,27 +117,7 @@ def _all_topics_after_ingest(bootstrap: str, settings, app_id: str) -> dict[str,
         for t in md.topics
         if (t.startswith(settings.topic_prefix) or t.startswith(app_id)) and t not in inputs
     )
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"pii-dump-{time.time_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign(
-        [TopicPartition(t, p, 0) for t in names for p in md.topics[t].partitions]  # from 0
-    )
-    out: dict[str, list] = {t: [] for t in names}
-    idle = 0
-    # Read until fetches come back empty: the high watermark alone is not trusted (Tansu).
-    while idle < 3:
-        msgs = consumer.consume(1000, timeout=1.0)
-        idle = 0 if msgs else idle + 1
-        for m in msgs:
-            if m.error() is None:
-                out[m.topic()].append((m.key(), m.value(), m.headers()))
-    consumer.close()
-    return out
+    return read_topics(bootstrap, names)
 
 
 _DUMP = """

@@ -23,7 +23,7 @@ from tests.integration.helpers import (
     expected,
     publish_customers,
     publish_records,
-    read_topic,
+    read_topics,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -89,13 +89,13 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
     )
     if got_pp != want_pp:  # where were they lost? (the topic, or landing)
         s = a.settings
-        on_topic = {
-            orjson.loads(v)["pain_point_id"] for _, v in read_topic(a, s.topic(s.topic_pain_points))
-        }
+        t_pains, t_events = s.topic(s.topic_pain_points), s.topic(s.topic_journey_events)
+        topics = read_topics(a.env["TOUCHPATH_KAFKA_BOOTSTRAP"], [t_pains, t_events])
+        on_topic = {orjson.loads(v)["pain_point_id"] for _, v, _ in topics[t_pains]}
         late = [counter(w, "touchpath_events_late_total") for w in workers]
         stepped = {
             item["ev"]["event_id"]
-            for _, v in read_topic(a, s.topic(s.topic_journey_events))
+            for _, v, _ in topics[t_events]
             if v
             for item in orjson.loads(v).get("items", ())
             if "ev" in item
