@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams import faults
+
 #: The PII key used when none is configured. Fine for the embedded demo; a real
 #: deployment must set ``TOUCHPATH_PII_SECRET`` (the worker warns when it is not).
 DEV_PII_SECRET = "touchpath-dev-only-secret"
@@ -170,6 +172,12 @@ class Settings(BaseSettings):
         "(outage tests; embedded chDB cannot be made unreachable otherwise).",
     )
 
+    fault_hold_at: str | None = Field(
+        default=None,
+        description="Testing only: POINT[@N] where the worker stops for good the N-th time it "
+        "gets there, so that a kill -9 lands inside that window (streams/faults.py).",
+    )
+
     # --- worker ----------------------------------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -181,6 +189,13 @@ class Settings(BaseSettings):
         if not v.get_secret_value():
             raise ValueError("must not be empty (unset it to use the development key)")
         return v
+
+    @field_validator("fault_hold_at")
+    @classmethod
+    def _fault_point(cls, v: str | None) -> str | None:
+        if v:
+            faults.parse(v)
+        return v or None
 
     @field_validator("kafka_bootstrap", "clickhouse_host", mode="before")
     @classmethod

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from schemas.dead_letter import MAX_RAW_KEPT, DeadLetter, dead_letter_id, replayed_dead_letter_id
 from schemas.validation import Rejection, Validator
-from streams import metrics
+from streams import faults, metrics
 from streams.config import Settings
 from streams.microbatch import Item, encode
 from streams.partitioning import partition_for
@@ -278,6 +278,7 @@ class Ingestor:
                 now=datetime.now(UTC),
                 max_items=self.settings.batch_max_events,
             )
+            faults.hold_sync("ingest.before-send")
             self._send(result)
         except Exception:
             metrics.INGEST_ERRORS.inc()

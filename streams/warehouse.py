@@ -21,7 +21,7 @@ from sinks.clickhouse.faults import FaultInjectingClient
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.queries import run_query
 from sinks.clickhouse.writer import ClickHouseWriter
-from streams import metrics
+from streams import faults, metrics
 from streams.config import Settings
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Warehouse:
         calling agent does not ack its messages: back-pressure instead of loss.
         """
         assert self.writer is not None, "Warehouse.open() first"
+        await faults.hold(f"land.{table}")
         writer = self.writer
         await self.call(writer.write, table, rows)
         metrics.SINK_BACKLOG.set(writer.pending_rows)

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 
 import faust
 
+from streams import faults
 from streams.app import create_app
 from streams.config import Settings
 from streams.engine_settings import care, rules
@@ -45,6 +46,7 @@ def run_worker(settings: Settings) -> None:
     # a bad rules or care policy file fails here, in one line, before anything starts
     rules(settings)
     care(settings)
+    faults.configure(settings.fault_hold_at)
     with ExitStack() as stack:
         if settings.embedded_kafka:
             broker = stack.enter_context(EmbeddedBroker(log_dir=settings.data_dir / "logs"))

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from schemas.customer import CustomerProfile
 from schemas.pii import PiiHasher
-from streams import faust_fixes, metrics
+from streams import faults, faust_fixes, metrics
 from streams.agents.land import decode_all, touchpoint_rows
 from streams.agents.state import FastTable, fast_table, live_items
 from streams.config import Settings
@@ -350,6 +350,7 @@ def register(
             await faust_fixes.process_batch(app, "journey", taken, _journey_batch)
 
     async def _journey_batch(batch: list[Any]) -> None:
+        await faults.hold("journey.batch")
         lateness = engine.cfg.lateness_seconds
         out = Outputs()
         now = time.monotonic()

@@ -1,7 +1,11 @@
-"""Crash consistency: a 100k-event simulator run with the worker killed (kill -9) three
-times at random points. At the end ClickHouse holds every valid event exactly once, the pain
-points equal an uninterrupted run (the backtest), and the care receiver
-processed every action exactly once (redeliveries are refused by idempotency key)."""
+"""Crash consistency: a 100k-event simulator run with the worker killed (kill -9) six times:
+three at random points, and three inside the windows a random kill rarely hits, where the
+worker is held by fault injection (``TOUCHPATH_FAULT_HOLD_AT``, streams/faults.py) while
+Faust keeps committing: raw records read but not yet produced, a batch's touchpoints not yet
+landed, a journey batch taken after earlier ones flushed their state. At the end ClickHouse
+holds every valid event exactly once, the pain points equal an uninterrupted run (the
+backtest), and the care receiver processed every action exactly once (redeliveries are
+refused by idempotency key)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ from tests.integration.receiver import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-KILLS = 3
+#: one kill at a random moment, then one held at a point, in turn
+PLAN = [None, "ingest.before-send@3", None, "land.touchpoints@4", None, "journey.batch@40"]
 SECRET = "crash-test-secret"
 
 
@@ -37,29 +42,38 @@ def test_three_kill_9s_lose_nothing_and_double_nothing(worker_factory, tmp_path)
     want_pp = {p["pain_point_id"] for p in result.pain_points}
     want_care = final_sent(result.care_actions)
     rng = random.Random(61)
-    size = len(sim.records) // (KILLS + 1) + 1
+    size = len(sim.records) // (len(PLAN) + 1) + 1
     chunks = [sim.records[i : i + size] for i in range(0, len(sim.records), size)]
     with Receiver(SECRET) as rec:
         env = {"TOUCHPATH_CARE_ENDPOINTS": f"*={rec.url}", "TOUCHPATH_CARE_SIGNING_SECRET": SECRET}
-        worker = worker_factory(**env)
+
+        def start(hold: str | None):  # same topics, group, tables, ClickHouse dir each time
+            return worker_factory(**env, **({"TOUCHPATH_FAULT_HOLD_AT": hold} if hold else {}))
+
+        worker = start(PLAN[0])
         publish_customers(worker, sim.customers)
         kills = []
-        for n in range(KILLS):
+        for n, hold in enumerate(PLAN):
             publish_records(worker, chunks[n])
-            # kill at a random point while this chunk is being worked on
-            before = counter(worker, "touchpath_sink_rows_total")
-            wait_until(
-                lambda b=before, w=worker: counter(w, "touchpath_sink_rows_total") > b,
-                120,
-                "progress",
-                worker,
-            )
-            time.sleep(rng.uniform(0.0, 3.0))
-            kills.append(counter(worker, "touchpath_sink_rows_total"))
+            if hold is None:  # kill at a random point while this chunk is being worked on
+                before = counter(worker, "touchpath_sink_rows_total")
+                wait_until(
+                    lambda b=before, w=worker: counter(w, "touchpath_sink_rows_total") > b,
+                    120,
+                    "progress",
+                    worker,
+                )
+                time.sleep(rng.uniform(0.0, 3.0))
+            else:  # kill inside the window, after Faust's commits (every 2.8 s) went on
+                wait_until(
+                    lambda w=worker: "fault injection: holding at" in w.log(), 120, hold, worker
+                )
+                time.sleep(4.0)
+            kills.append(hold or int(counter(worker, "touchpath_sink_rows_total")))
             os.kill(worker.proc.pid, signal.SIGKILL)
             worker.proc.wait(10)
-            worker = worker_factory(**env)  # same topics, group, tables, ClickHouse dir
-        publish_records(worker, chunks[KILLS])
+            worker = start(PLAN[n + 1] if n + 1 < len(PLAN) else None)
+        publish_records(worker, chunks[len(PLAN)])
 
         valid = sim.manifest["events_valid"]
         wait_until(
@@ -73,7 +87,7 @@ def test_three_kill_9s_lose_nothing_and_double_nothing(worker_factory, tmp_path)
         time.sleep(2.0)
         totals = worker.query("landed_totals")[0]
         print(
-            f"{len(sim.records)} events, {KILLS} kill -9s (at {kills} rows landed): "
+            f"{len(sim.records)} events, {len(PLAN)} kill -9s (rows landed, or held at): {kills}: "
             f"{totals['touchpoints']} touchpoints, {len(got_pp)} pain points, "
             f"{len(rec.processed)} care actions, "
             f"{sum(rec.refused.values())} redeliveries refused"
