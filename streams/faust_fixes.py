@@ -25,6 +25,7 @@ right after a worker's start, which lost the pain points of a few days.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,11 +54,19 @@ async def process_batch(
 ) -> None:
     """Run ``process`` on the current events of a taken micro-batch (:func:`current`); if
     it raises, the batch is never acked (:func:`refuse`), counted and logged, and the error
-    propagates."""
+    propagates.
+
+    Cancellation too: a worker stopping cancels its agents mid-batch (say, waiting for
+    ClickHouse), ``take_events()`` then acks the batch in its ``finally``, and the consumer
+    commits acked offsets as it stops, after the agents: the batch would be lost.
+    """
     from streams import metrics  # here: metrics imports nothing of Faust's
 
     try:
         await process(current(app, taken))
+    except asyncio.CancelledError:
+        refuse(taken)
+        raise
     except Exception:
         refuse(taken)
         metrics.AGENT_ERRORS.labels(agent=agent).inc()

@@ -286,27 +286,28 @@ def register(
         name="profiles",
     )
     async def profiles(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(500, within=0.2):
-            events, links = _Outbox(producer, n), _Outbox(producer, n)
-            for value in values:
-                try:
-                    p = CustomerProfile.model_validate_json(value, context={"hasher": hasher})
-                except ValidationError as exc:
-                    metrics.AGENT_ERRORS.labels(agent="profiles").inc()
-                    log.warning("invalid customer profile skipped: %s", exc.errors()[0]["msg"])
-                    continue
-                prof = p.model_dump(mode="json")
-                metrics.PROFILES.inc()
-                events.add(
-                    t_events, customer_key(p.customer_id), {"c": p.customer_id, "profile": prof}
-                )
-                pl = profile_links(prof)
-                if pl is not None:
-                    for k in pl.keys:
-                        links.add(t_links, k.encode(), [k, p.customer_id])
-            events.send("items")
-            links.send("links")
-            await producer.flush()
+        async for taken in stream.take_events(500, within=0.2):
+            await faust_fixes.process_batch(app, "profiles", taken, _profiles_batch)
+
+    async def _profiles_batch(batch: list[Any]) -> None:
+        events, links = _Outbox(producer, n), _Outbox(producer, n)
+        for value in (e.value for e in batch):
+            try:
+                p = CustomerProfile.model_validate_json(value, context={"hasher": hasher})
+            except ValidationError as exc:
+                metrics.AGENT_ERRORS.labels(agent="profiles").inc()
+                log.warning("invalid customer profile skipped: %s", exc.errors()[0]["msg"])
+                continue
+            prof = p.model_dump(mode="json")
+            metrics.PROFILES.inc()
+            events.add(t_events, customer_key(p.customer_id), {"c": p.customer_id, "profile": prof})
+            pl = profile_links(prof)
+            if pl is not None:
+                for k in pl.keys:
+                    links.add(t_links, k.encode(), [k, p.customer_id])
+        events.send("items")
+        links.send("links")
+        await producer.flush()
 
     # --- journey ---------------------------------------------------------------------------
     def ensure_partition(p: int) -> None:

@@ -1,7 +1,8 @@
 """Landing agents: dead letters, pain points and journeys into ClickHouse.
 
-Thin glue: decode → rows → :meth:`Warehouse.land`. ``take()`` acks its messages only after
-the loop body has run, so offsets are committed after the rows are in ClickHouse. Valid
+Thin glue: decode → rows → :meth:`Warehouse.land`. A batch is acked only after its rows
+are in ClickHouse, never when landing failed or the worker stopped meanwhile (see
+:func:`landing_agent`). Valid
 touchpoints are landed by the identify agent itself (see ``streams.agents.journeys``): a
 topic read by two Faust agents has its offsets committed once *either* has acked a message
 (measured: after a kill -9 the slower agent lost those messages), so each topic here has
@@ -11,6 +12,7 @@ exactly one agent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -19,7 +21,7 @@ import faust
 import orjson
 
 from schemas.dead_letter import DeadLetter
-from streams import metrics, microbatch
+from streams import faust_fixes, metrics, microbatch
 from streams.config import Settings
 from streams.warehouse import Warehouse
 
@@ -62,22 +64,44 @@ def dead_letter_row(value: bytes) -> dict[str, Any]:
 
 def register(app: faust.App, settings: Settings, warehouse: Warehouse) -> None:
     """Declare the landing topics and agents on ``app``."""
-    dlq_topic = app.topic(
-        settings.topic(settings.topic_dlq), value_serializer="raw", key_serializer="raw"
-    )
+    landing_agent(app, warehouse, settings.topic(settings.topic_dlq), "dead_letters", _dead_letters)
 
-    @app.agent(dlq_topic, name="land-dead-letters")
-    async def land_dead_letters(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(500, within=0.5):
-            rows = []
-            for value in values:
-                try:
-                    rows.append(dead_letter_row(value))
-                except Exception:
-                    metrics.AGENT_ERRORS.labels(agent="land-dead-letters").inc()
-                    log.exception("undecodable dead letter skipped (%d bytes)", len(value))
-            if rows:
-                await warehouse.land("dead_letters", rows)
+
+def _dead_letters(value: bytes, _landed_at: datetime) -> list[dict[str, Any]]:
+    return [dead_letter_row(value)]
+
+
+def landing_agent(
+    app: faust.App,
+    warehouse: Warehouse,
+    topic: str,
+    table: str,
+    decode: Callable[[bytes, datetime], list[dict[str, Any]]],
+    max_messages: int = 500,
+) -> None:
+    """An agent landing ``topic`` into ``table``: its batches go through
+    :func:`faust_fixes.process_batch`, so a batch that fails or is cancelled (worker
+    stopping) is not acked, and events fetched before a rebalance are left to their owner."""
+    name = f"land-{table.replace('_', '-')}"
+
+    async def land(events: list[Any]) -> None:
+        landed_at = datetime.now(UTC)
+        rows = decode_all([e.value for e in events], partial(_decode_at, decode, landed_at), name)
+        if rows:
+            await warehouse.land(table, rows)
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for taken in stream.take_events(max_messages, within=0.5):
+            await faust_fixes.process_batch(app, name, taken, land)
+
+    source = app.topic(topic, value_serializer="raw", key_serializer="raw")
+    app.agent(source, name=name)(agent)
+
+
+def _decode_at(
+    decode: Callable[[bytes, datetime], list[dict[str, Any]]], landed_at: datetime, value: bytes
+) -> list[dict[str, Any]]:
+    return decode(value, landed_at)
 
 
 def pain_point_row(value: bytes, landed_at: datetime) -> dict[str, Any]:
@@ -90,7 +114,7 @@ def _one_pain_point(value: bytes, landed_at: datetime) -> list[dict[str, Any]]:
     return [pain_point_row(value, landed_at)]
 
 
-def journey_rows(value: bytes) -> list[dict[str, Any]]:
+def journey_rows(value: bytes, _landed_at: datetime | None = None) -> list[dict[str, Any]]:
     """ClickHouse rows of one journeys micro-batch message."""
     rows = []
     for j in orjson.loads(value)["journeys"]:
@@ -107,29 +131,9 @@ def journey_rows(value: bytes) -> list[dict[str, Any]]:
 
 def register_results(app: faust.App, settings: Settings, warehouse: Warehouse) -> None:
     """Landing agents for the journey stage's outputs: pain points and journeys."""
-    pains = app.topic(
-        settings.topic(settings.topic_pain_points), value_serializer="raw", key_serializer="raw"
-    )
-    journeys = app.topic(
-        settings.topic(settings.topic_journeys), value_serializer="raw", key_serializer="raw"
-    )
-
-    @app.agent(pains, name="land-pain-points")
-    async def land_pain_points(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(500, within=0.5):
-            landed_at = datetime.now(UTC)
-            rows = decode_all(
-                values, partial(_one_pain_point, landed_at=landed_at), "land-pain-points"
-            )
-            if rows:
-                await warehouse.land("pain_points", rows)
-
-    @app.agent(journeys, name="land-journeys")
-    async def land_journeys(stream: faust.StreamT[bytes]) -> None:
-        async for values in stream.take(50, within=0.5):
-            rows = decode_all(values, journey_rows, "land-journeys")
-            if rows:
-                await warehouse.land("journeys", rows)
+    topic = settings.topic
+    landing_agent(app, warehouse, topic(settings.topic_pain_points), "pain_points", _one_pain_point)
+    landing_agent(app, warehouse, topic(settings.topic_journeys), "journeys", journey_rows, 50)
 
 
 def decode_all(values: list[bytes], decode: Any, agent: str) -> list[dict[str, Any]]:

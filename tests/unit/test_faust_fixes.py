@@ -86,3 +86,32 @@ def test_no_commit_past_a_single_refused_message_at_the_committed_offset(monkeyp
     assert faust_fixes._original_new_offset(_committer(10, [11, 12]), ("t", 0)) == 13
     assert faust_fixes._new_offset_below_holes(c, ("t", 0)) is None
     assert c._acked[("t", 0)] == [11, 12]  # kept for later
+
+
+def test_a_batch_cancelled_mid_way_is_never_acked(monkeypatch) -> None:
+    """A stopping worker cancels its agents mid-batch; take_events() acks the batch in its
+    finally and the consumer commits as it stops: the batch must be refused, not acked."""
+    import asyncio
+
+    calls: list[int] = []
+    monkeypatch.setattr(faust_fixes, "_original_ack", lambda self, m: calls.append(m.offset))
+    c = _consumer()
+    batch = [_event(20), _event(21)]
+
+    async def landing(events: list[Any]) -> None:
+        await asyncio.sleep(3600)  # ClickHouse away: retrying
+
+    async def run() -> None:
+        task = asyncio.ensure_future(faust_fixes.process_batch(c.app, "land", batch, landing))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("the cancellation must propagate")
+
+    asyncio.run(run())
+    assert [faust_fixes._ack_unless_stale(c, e.message) for e in batch] == [False, False]
+    assert calls == []
