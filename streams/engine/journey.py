@@ -23,11 +23,14 @@ exactly ``gap`` after the last one continues it).
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
+
+import orjson
 
 from streams.engine.care import CareEngine, CareState
 from streams.engine.ids import journey_id as make_journey_id
@@ -99,13 +102,32 @@ class Step:
 
     def __init__(self, ts: float, ev: Event, jid: str = "", m: int = -1) -> None:
         self.ts = ts
-        self.ev = ev
+        #: the event itself; None once persisted (a restored step keeps what rules need)
+        self.ev: Event | None = ev
         self.event_id: str = ev["event_id"]
         self.channel: str = ev["channel"]
         self.type: str = ev["type"]
         self.jid = jid
         #: which rule sides the event matches, as bits (see JourneyEngine); -1: not known
         self.m = m
+
+    @classmethod
+    def restore(cls, ts: float, event_id: str, channel: str, type_: str, jid: str, m: int) -> Step:
+        """A step from its persisted form: no event, its rule bits instead."""
+        s = cls.__new__(cls)
+        s.ts, s.ev, s.event_id, s.channel, s.type, s.jid, s.m = (
+            ts, None, event_id, channel, type_, jid, m,
+        )  # fmt: skip
+        return s
+
+    def to_json(self) -> list[Any]:
+        return [self.ts, self.event_id, self.channel, self.type, self.jid, self.m]
+
+    @classmethod
+    def from_json(cls, d: list[Any]) -> Step:
+        if len(d) == 3:  # before slim steps: [ts, event, jid]; bits computed on adoption
+            return cls(d[0], d[1], d[2])
+        return cls.restore(*d)
 
     def sort_key(self) -> tuple[float, str]:
         return (self.ts, self.event_id)
@@ -199,6 +221,8 @@ class CustomerState:
     #: events received but not applied yet: [ts, event], sorted by (ts, event_id); the
     #: journey stage applies them in event-time order once the watermark has passed them
     buffer: list[list[Any]] = field(default_factory=list)
+    #: fingerprint of the rules the steps' bits were computed for (see JourneyEngine)
+    rules_fp: str = ""
     #: the engine whose rule bits the steps carry (not persisted, not part of equality)
     owner: Any = field(default=None, compare=False, repr=False)
     #: every rule bit a step has had since then (a superset of the current steps' bits)
@@ -213,7 +237,10 @@ class CustomerState:
         return {
             "c": self.customer_id,
             "p": self.profile,
-            "s": [[s.ts, s.ev, s.jid] for s in self.steps],
+            # Steps keep their rule bits, not their events: a state is read and written
+            # back on every batch that touches it, and is most of the worker's memory.
+            "s": [s.to_json() for s in self.steps],
+            "rf": self.rules_fp,
             "seen": self.seen,
             "f": self.fired,
             "cr": self.count_reset,
@@ -234,7 +261,8 @@ class CustomerState:
         return cls(
             customer_id=d["c"],
             profile=d.get("p") or {},
-            steps=[Step(ts, ev, jid) for ts, ev, jid in d.get("s", [])],
+            steps=[Step.from_json(s) for s in d.get("s", ())],
+            rules_fp=d.get("rf", ""),
             seen=d.get("seen") or {},
             fired=d.get("f") or {},
             count_reset=d.get("cr") or {},
@@ -278,6 +306,10 @@ class JourneyEngine:
         self.absence = [r for r in rules.rules if r.kind == "absence"]
         self.count = [r for r in rules.rules if r.kind == "count"]
         self._by_id = {r.id: r for r in rules.rules}
+        #: identifies the rules (and so the meaning of the rule bits) in persisted states
+        self.fingerprint = hashlib.sha256(
+            orjson.dumps([r.model_dump(mode="json") for r in rules.rules])
+        ).hexdigest()[:16]
         windows = [r.within_seconds or 0.0 for r in rules.rules]
         # Steps must outlive every rule window and the lateness, and a journey's gap.
         self.horizon = max([*windows, self.cfg.inactivity_gap_seconds]) + self.cfg.lateness_seconds
@@ -336,14 +368,24 @@ class JourneyEngine:
 
     def _adopt(self, state: CustomerState) -> None:
         """Give a state's steps this engine's rule bits (a state loaded from JSON, or last
-        run by another engine)."""
+        run by another engine).
+
+        Bits persisted under the same rules are kept. Under other rules (a rule change
+        deployed on a live worker) a step whose event is no longer kept matches nothing:
+        the new rules apply to events from the change on.
+        """
         rule_bits = self.rule_bits
+        same = state.rules_fp == self.fingerprint
         bits = 0
         for s in state.steps:
-            s.m = rule_bits(s.ev)
+            if s.ev is not None and (not same or s.m < 0):
+                s.m = rule_bits(s.ev)
+            elif not same:
+                s.m = 0
             bits |= s.m
         state.bits = bits
         state.owner = self
+        state.rules_fp = self.fingerprint
 
     # ---------------------------------------------------------------------------------------
     def step(self, state: CustomerState, ev: Event, ts: float, clock: float, out: Outputs) -> None:
