@@ -115,6 +115,12 @@ class Settings(BaseSettings):
 
     # --- ingest / validation ---------------------------------------------------------------
     batch_max_events: int = Field(default=500, ge=1, description="Events per micro-batch.")
+    journey_cache_customers: int = Field(
+        default=10_000,
+        ge=0,
+        description="Customer states the journey stage keeps decoded between batches "
+        "(memory for speed; 0: decode every touched state from the table per batch).",
+    )
     batch_max_ms: int = Field(default=50, ge=1, description="Max wait to fill a batch (ms).")
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     max_string_chars: int = Field(default=8192, ge=16)

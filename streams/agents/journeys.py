@@ -119,7 +119,7 @@ def register(
         raw = customers.get(customer_key(cid))
         return CustomerState.from_json(orjson.loads(raw)) if raw else CustomerState(cid)
 
-    stage = JourneyStage(engine, n, load_customer)
+    stage = JourneyStage(engine, n, load_customer, keep=settings.journey_cache_customers)
     ready_parts: set[int] = set()
     # per journey partition: watermark over the identify partitions feeding it
     journey_wms: dict[int, SourceWatermarks] = {}
@@ -348,7 +348,14 @@ def register(
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
     async def journey(stream: faust.StreamT[bytes]) -> None:
         async for taken in stream.take_events(50, within=0.05):
-            await faust_fixes.process_batch(app, "journey", taken, _journey_batch)
+            try:
+                await faust_fixes.process_batch(app, "journey", taken, _journey_batch)
+            except BaseException:
+                # The batch changed decoded states it never persisted: start again from the
+                # table (states, and each partition's reorder buffer and timers).
+                stage.invalidate()
+                ready_parts.clear()
+                raise
 
     async def _journey_batch(batch: list[Any]) -> None:
         await faults.hold("journey.batch")

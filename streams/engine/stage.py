@@ -11,9 +11,9 @@ arrive interleaved differently in every run. Each event waits in its customer's 
 applied in (time, event_id) order — so journeys, their ids and the care decided on them
 are the same live, after a restart or rebalance, and in a backtest.
 
-The backtest keeps customer states in a dict; the live worker
-loads them from its Faust table per batch and writes back the ones it touched — the same
-code decides, so both give the same ids.
+The backtest keeps customer states in a dict; the live worker loads them from its Faust
+table and writes back the ones it touched after each batch, keeping the most recently used
+ones decoded between batches (``keep``) — the same code decides, so both give the same ids.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ class JourneyStage:
         engine: JourneyEngine,
         partitions: int,
         load: Callable[[str], CustomerState],
+        keep: int = 0,
     ) -> None:
         self.engine = engine
+        #: states kept decoded between batches (live: saves decoding them per batch)
+        self.keep = keep
         self.partitions = partitions
         self.lateness = engine.cfg.lateness_seconds
         self._load = load
@@ -222,17 +225,33 @@ class JourneyStage:
 
     # --- live-mode housekeeping ------------------------------------------------------------
     def release(self) -> list[CustomerState]:
-        """States touched since the last call (to persist); the cache is emptied."""
-        out = [self.states[c] for c in self.touched if c in self.states]
+        """States touched since the last call (to persist). Up to ``keep`` of the most
+        recently touched stay decoded for the next batches; the rest are dropped."""
+        states = self.states
+        out = [states[c] for c in self.touched if c in states]
         self.touched.clear()
-        self.states.clear()
+        if len(states) <= self.keep:
+            for st in out:  # most recently used last: re-insert
+                del states[st.customer_id]
+                states[st.customer_id] = st
+        else:
+            kept = {st.customer_id: st for st in out[-self.keep :]} if self.keep else {}
+            states.clear()
+            states.update(kept)
         return out
+
+    def invalidate(self) -> None:
+        """Drop every decoded state: a batch failed after changing some of them, so only
+        the persisted ones can be trusted."""
+        self.states.clear()
+        self.touched.clear()
 
     def rebuild(self, p: int, states: Iterable[CustomerState]) -> None:
         """Restore partition ``p``'s timers from persisted states (after recovery).
 
         The clock restarts at -inf and catches up with the next watermark.
         """
+        self._drop_cached(p)
         self._timers[p] = []
         self._waiting[p] = []
         for st in states:
@@ -245,8 +264,13 @@ class JourneyStage:
         self.clocks.pop(p, None)
         self._refresh()
 
+    def _drop_cached(self, p: int) -> None:
+        for cid in [c for c in self.states if self.partition_of(c) == p]:
+            del self.states[cid]
+
     def forget(self, p: int) -> None:
         """Drop partition ``p`` (revoked from this worker)."""
+        self._drop_cached(p)
         for _, cid in self._timers.pop(p, []):
             self._scheduled.pop(cid, None)
         self._waiting.pop(p, None)

@@ -195,6 +195,7 @@ def drive(
     care: bool,
     advance_all: bool = False,
     partitions: int = 2,
+    keep: int = 0,
 ) -> bytes:
     """Events through a stage like the live agent (profiles changing on the way); all
     outputs and final states as bytes."""
@@ -210,7 +211,7 @@ def drive(
             return CustomerState.from_json(orjson.loads(raw)) if raw else CustomerState(cid)
         return live.setdefault(cid, CustomerState(cid))
 
-    stage = JourneyStage(engine, partitions, load)
+    stage = JourneyStage(engine, partitions, load, keep=keep)
     log: list[Any] = []
     newest = T0
     for i, (cid, ev, ts) in enumerate(events):
@@ -248,6 +249,42 @@ def test_states_through_json_before_every_call_change_nothing(seed: int, care: b
     a = orjson.loads(drive(events, random.Random(seed), roundtrip=True, care=care))
     b = orjson.loads(drive(events, random.Random(seed), roundtrip=False, care=care))
     assert a[0] == b[0]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), keep=st.integers(1, 8))
+def test_states_kept_decoded_between_batches_change_nothing(seed: int, keep: int) -> None:
+    """The live stage keeps recently used states decoded (``keep``) instead of reading
+    every one back from the table: outputs and persisted states are the same."""
+    events = random_events(random.Random(seed), 120, customers=6)
+    kw: dict[str, Any] = {"roundtrip": True, "care": True}
+    assert drive(events, random.Random(seed), keep=keep, **kw) == drive(
+        events, random.Random(seed), keep=0, **kw
+    )
+
+
+def test_forget_and_invalidate_drop_kept_states() -> None:
+    loads: list[str] = []
+
+    def load(cid: str) -> CustomerState:
+        loads.append(cid)
+        return CustomerState(cid)
+
+    stage = JourneyStage(JourneyEngine(BUILTIN), 4, load, keep=10)
+    cids = [f"C{i}" for i in range(8)]
+    for cid in cids:
+        stage.state(cid)
+    stage.release()
+    for cid in cids:
+        stage.state(cid)
+    assert loads == cids  # kept: not loaded again
+    stage.release()
+    p = stage.partition_of("C0")
+    stage.forget(p)
+    assert {c for c in cids if stage.partition_of(c) == p}.isdisjoint(stage.states)
+    stage.invalidate()
+    stage.state("C1")
+    assert loads[-1] == "C1" and stage.states.keys() == {"C1"}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
