@@ -96,6 +96,7 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     land.register_results(app, settings, warehouse)
     engine, limits = build_engine(settings)
     producer = WorkerProducer(bootstrap, settings.kafka_client_config())
+    faust_fixes.seal_changelogs_before_recovery(app, producer.seal)
     journeys.register(app, settings, producer, engine, limits, warehouse)
     care.register(app, settings, producer, warehouse)
     app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))

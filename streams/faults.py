@@ -23,6 +23,7 @@ POINTS = {
     "ingest.before-send": "raw records read, nothing produced from them yet",
     "land.touchpoints": "identify's batch taken, its touchpoints not yet in ClickHouse",
     "journey.batch": "a journey batch taken; every earlier one flushed and acked",
+    "flush.before-markers": "a flush delivered state changelog records, not yet their markers",
 }
 
 _point: str | None = None

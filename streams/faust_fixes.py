@@ -21,6 +21,13 @@ owner's and win on its next recovery. Stateful agents therefore drop such events
 Refusing an ack is only safe if Faust then commits below the refused message, and its gap
 check misses the common cases (see :func:`_new_offset_below_holes`): found by a kill -9
 right after a worker's start, which lost the pain points of a few days.
+
+Last, Faust recovers a table by reading its changelog up to the high watermark, which the
+embedded broker reports short of the end unless the partition ends in a single-record batch
+(design.md). Every flush ends in such a marker, but a worker killed between a flush's state
+records and its markers leaves a partition without one: the next recovery stopped short and
+lost state (found by holding a worker there, streams/faults.py). Recovery therefore first
+seals the partitions it is about to read (:func:`seal_changelogs_before_recovery`).
 """
 
 from __future__ import annotations
@@ -30,11 +37,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import weakref
+
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 
 log = logging.getLogger(__name__)
 
 _original_ack = Consumer.ack
+_original_build_highwaters = Recovery._build_highwaters
+#: per app: closes changelog partitions with a marker before recovery reads their ends
+_sealers: weakref.WeakKeyDictionary[Any, Callable[[set[Any]], Awaitable[None]]] = (
+    weakref.WeakKeyDictionary()
+)
 _original_new_offset = Consumer._new_offset
 #: offsets whose ack was refused, per tp: the commit must stop below the lowest one
 _holes: dict[Any, set[int]] = {}
@@ -132,9 +147,28 @@ def current(app: Any, events: list[Any]) -> list[Any]:
     return kept
 
 
+def seal_changelogs_before_recovery(
+    app: Any, seal: Callable[[set[Any]], Awaitable[None]]
+) -> None:
+    """Have ``seal`` close the changelog partitions ``app`` is about to recover, before
+    recovery reads their high watermarks (the embedded broker's is exact only when a
+    partition ends in a single-record batch; see streams/producer.py)."""
+    _sealers[app] = seal
+
+
+async def _build_highwaters_sealed(
+    self: Any, consumer: Any, tps: set[Any], destination: Any, title: str
+) -> None:
+    seal = _sealers.get(self.app)
+    if seal is not None and tps:
+        await seal({(tp.topic, tp.partition) for tp in tps})
+    await _original_build_highwaters(self, consumer, tps, destination, title)
+
+
 def apply() -> None:
     """Install the workaround (idempotent)."""
     if Consumer.ack is not _ack_unless_stale:
         Consumer.ack = _ack_unless_stale  # type: ignore[method-assign]
         Consumer._new_offset = _new_offset_below_holes  # type: ignore[method-assign]
+        Recovery._build_highwaters = _build_highwaters_sealed  # type: ignore[method-assign]
         log.debug("faust consumer: stale-generation messages are no longer acked")

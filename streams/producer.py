@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams import faults
 from streams.partitioning import partition_for
 
 log = logging.getLogger(__name__)
@@ -105,13 +107,31 @@ class WorkerProducer:
                 self._changelog_parts.add((topic, part))
             self._deliver(timeout)  # state
         if self._changelog_parts:
+            faults.hold_sync("flush.before-markers")
             parts, self._changelog_parts = self._changelog_parts, set()
-            for topic, part in sorted(parts):
-                self._producer.produce(
-                    topic, None, MARKER_KEY, partition=part, on_delivery=self._on_delivery
-                )
-            # Each marker is alone in its partition's batch: the flush above emptied them.
-            self._deliver(timeout)
+            self._mark(parts, timeout)
+
+    async def seal(self, partitions: Iterable[tuple[str, int]], timeout: float = 30.0) -> None:
+        """Close each (changelog topic, partition) with a marker batch, so that its high
+        watermark is exact before recovery reads it: a worker killed between a flush's state
+        records and its markers left the partition ending in a multi-record batch, and
+        recovery up to the embedded broker's high watermark would stop short of its end."""
+        parts = set(partitions)
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._seal_blocking, parts, timeout)
+
+    def _seal_blocking(self, parts: set[tuple[str, int]], timeout: float) -> None:
+        self._deliver(timeout)  # whatever is queued goes first: each marker is then alone
+        self._mark(parts, timeout)
+
+    def _mark(self, parts: set[tuple[str, int]], timeout: float) -> None:
+        for topic, part in sorted(parts):
+            self._producer.produce(
+                topic, None, MARKER_KEY, partition=part, on_delivery=self._on_delivery
+            )
+        # Each marker is alone in its partition's batch: the caller emptied the queue first.
+        self._deliver(timeout)
 
     def _deliver(self, timeout: float) -> None:
         # A slow or briefly unreachable broker is back-pressure, not an error: raising here
