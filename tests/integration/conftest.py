@@ -46,7 +46,10 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, worker: Work
             return
         assert worker.alive(), f"worker died:\n{worker.log()[-3000:]}"
         time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(
+        f"timed out waiting for {what}; the worker's gauges:\n{worker.gauges()}\n"
+        f"its log ends:\n{worker.log()[-3000:]}"
+    )
 
 
 class WorkerHandle:
@@ -66,6 +69,21 @@ class WorkerHandle:
 
     def counters(self) -> dict[str, float]:
         return self.client.counters()
+
+    def gauges(self) -> str:
+        """The worker's touchpath gauges and counters (no histograms): what a stall shows."""
+        import httpx
+
+        try:
+            text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+        except httpx.HTTPError as exc:
+            return f"(metrics unavailable: {exc})"
+        keep = [
+            line
+            for line in text.splitlines()
+            if line.startswith("touchpath_") and "_bucket" not in line and "_created" not in line
+        ]
+        return "\n".join(keep)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

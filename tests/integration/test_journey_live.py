@@ -45,17 +45,23 @@ def test_live_worker_equals_backtest_and_ground_truth(worker_factory, tmp_path):
     assert recall == 1.0 and precision == 1.0
 
 
-def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, tmp_path):
+@pytest.mark.parametrize("hold", [None, "flush.before-markers@6"], ids=["random", "mid-flush"])
+def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, tmp_path, hold):
     """Tables recover from their changelogs after a kill -9: the final pain points equal
-    an uninterrupted run (the backtest), and every touchpoint lands exactly once."""
+    an uninterrupted run (the backtest), and every touchpoint lands exactly once. Killed
+    once while state is being written, once held (streams/faults.py) inside a flush whose
+    state records are out but whose changelog markers are not: the embedded broker's high
+    watermark is then short of the changelog's end (design.md)."""
     sim = simulate(SimConfig(customers=600, days=30, seed=22))
     want = {p["pain_point_id"] for p in expected(tmp_path, sim).pain_points}
-    first = worker_factory()
+    first = worker_factory(**({"TOUCHPATH_FAULT_HOLD_AT": hold} if hold else {}))
     publish_customers(first, sim.customers)
     half = len(sim.records) // 2
     publish_records(first, sim.records[:half])
-    # Kill while state has been written: some pain points out, the stream not drained.
-    wait_until(lambda: counter(first, "touchpath_pain_points_total") > 0, 120, "progress", first)
+    if hold is None:  # kill while state has been written: some pain points out, not drained
+        wait_until(lambda: counter(first, "touchpath_pain_points_total") > 0, 120, "progress", first)
+    else:
+        wait_until(lambda: "fault injection: holding at" in first.log(), 120, hold, first)
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
 
