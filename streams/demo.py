@@ -120,6 +120,9 @@ def run_demo(settings: Settings, opts: DemoOptions, console: Console) -> bool:
             while worker_proc.poll() is None:
                 time.sleep(1)
         return ok
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the worker and the broker")
+        raise
     finally:
         if worker_proc is not None:
             stop_process(worker_proc, timeout=15)
@@ -176,8 +179,11 @@ def _run_traffic(
             rate=rate,
             client_config=settings.kafka_client_config(),
             progress=lambda n: sent.__setitem__(0, n),
+            flush_timeout=10.0,
+            stop=stop,
         )
 
+    stop = threading.Event()
     producer = threading.Thread(target=produce, name="demo-producer", daemon=True)
     started = time.monotonic()
     producer.start()
@@ -190,23 +196,26 @@ def _run_traffic(
         TimeElapsedColumn(),
     )
     deadline = started + opts.timeout
-    with Progress(*columns, console=console) as progress:
-        t_sent = progress.add_task("produced", total=total, extra="")
-        t_in = progress.add_task("ingested", total=total, extra="")
-        t_land = progress.add_task("landed", total=expected_rows, extra="")
-        while time.monotonic() < deadline:
-            c = client.counters()
-            n_in = int(c.get("touchpath_events_in_total", 0))
-            dead = int(c.get("touchpath_events_dead_lettered_total", 0))
-            landed = int(c.get("touchpath_sink_rows_total", 0))
-            elapsed = max(time.monotonic() - started, 1e-6)
-            progress.update(t_sent, completed=sent[0], extra=f"{sent[0] / elapsed:,.0f} ev/s")
-            progress.update(t_in, completed=n_in, extra=f"{dead} dead letters")
-            progress.update(t_land, completed=landed, extra="rows in ClickHouse")
-            if not producer.is_alive() and landed >= expected_rows:
-                break
-            time.sleep(0.5)
-    producer.join(timeout=5)
+    try:
+        with Progress(*columns, console=console) as progress:
+            t_sent = progress.add_task("produced", total=total, extra="")
+            t_in = progress.add_task("ingested", total=total, extra="")
+            t_land = progress.add_task("landed", total=expected_rows, extra="")
+            while time.monotonic() < deadline:
+                c = client.counters()
+                n_in = int(c.get("touchpath_events_in_total", 0))
+                dead = int(c.get("touchpath_events_dead_lettered_total", 0))
+                landed = int(c.get("touchpath_sink_rows_total", 0))
+                elapsed = max(time.monotonic() - started, 1e-6)
+                progress.update(t_sent, completed=sent[0], extra=f"{sent[0] / elapsed:,.0f} ev/s")
+                progress.update(t_in, completed=n_in, extra=f"{dead} dead letters")
+                progress.update(t_land, completed=landed, extra="rows in ClickHouse")
+                if not producer.is_alive() and landed >= expected_rows:
+                    break
+                time.sleep(0.5)
+    finally:
+        stop.set()  # on Ctrl-C too: the producer lets go of the broker before it stops
+        producer.join(timeout=15)
     elapsed = time.monotonic() - started
     console.print(f"pipeline drained in {elapsed:.1f} s ({total / elapsed:,.0f} events/s overall)")
     return landed >= expected_rows

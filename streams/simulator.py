@@ -25,6 +25,7 @@ import gc
 import gzip
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -1218,11 +1219,13 @@ def publish(
     client_config: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     flush_timeout: float = 120.0,
+    stop: threading.Event | None = None,
 ) -> int:
     """Produce ``records`` to ``topic`` keyed by :func:`producer_key`; returns the count.
 
     ``rate`` (events/s) paces sending token-bucket style, sleeping in small steps. Raises
     :class:`PublishError` if any record fails delivery or is still queued after the flush.
+    Setting ``stop`` (from another thread) ends sending early; what was produced is flushed.
     """
     from confluent_kafka import KafkaException, Producer
 
@@ -1250,6 +1253,8 @@ def publish(
             ahead = started + n / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+        if stop is not None and stop.is_set():
+            break
         key = producer_key(record)
         while True:
             try:

@@ -77,14 +77,20 @@ def test_ctrl_c_on_demo_leaves_no_process_behind(tmp_path):
         )
     try:
         deadline = time.monotonic() + 90
-        while b"produced" not in log.read_bytes():
+        # rich shows no live bars off a terminal: the worker line says the pipeline is up
+        while b"worker   :" not in log.read_bytes():
             assert demo.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
         kids = _descendants(demo.pid)
         assert len(kids) >= 2, "expected a broker and a worker under the demo"
         os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        stopping = time.monotonic()
         demo.wait(timeout=60)
+        assert time.monotonic() - stopping < 20, "Ctrl-C took too long"
+        out_text = log.read_bytes()
+        assert b"pipeline drained" not in out_text, "Ctrl-C did not interrupt the demo"
+        assert b"interrupted" in out_text
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in kids) and time.monotonic() < deadline:
             time.sleep(0.2)
