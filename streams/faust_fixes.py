@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-import weakref
 
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
@@ -147,9 +146,7 @@ def current(app: Any, events: list[Any]) -> list[Any]:
     return kept
 
 
-def seal_changelogs_before_recovery(
-    app: Any, seal: Callable[[set[Any]], Awaitable[None]]
-) -> None:
+def seal_changelogs_before_recovery(app: Any, seal: Callable[[set[Any]], Awaitable[None]]) -> None:
     """Have ``seal`` close the changelog partitions ``app`` is about to recover, before
     recovery reads their high watermarks (the embedded broker's is exact only when a
     partition ends in a single-record batch; see streams/producer.py)."""

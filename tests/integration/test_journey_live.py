@@ -59,7 +59,9 @@ def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, t
     half = len(sim.records) // 2
     publish_records(first, sim.records[:half])
     if hold is None:  # kill while state has been written: some pain points out, not drained
-        wait_until(lambda: counter(first, "touchpath_pain_points_total") > 0, 120, "progress", first)
+        wait_until(
+            lambda: counter(first, "touchpath_pain_points_total") > 0, 120, "progress", first
+        )
     else:
         wait_until(lambda: "fault injection: holding at" in first.log(), 120, hold, first)
     os.kill(first.proc.pid, signal.SIGKILL)
