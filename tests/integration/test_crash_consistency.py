@@ -31,7 +31,7 @@ from tests.integration.receiver import Receiver
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 #: one kill at a random moment, then one held at a point, in turn
-PLAN = [None, "ingest.before-send@3", None, "land.touchpoints@4", None, "journey.batch@40"]
+PLAN = [None, "ingest.before-send@3", None, "land.touchpoints@4", None, "journey.batch@15"]
 SECRET = "crash-test-secret"
 
 
