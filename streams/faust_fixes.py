@@ -44,12 +44,12 @@ from faust.transport.consumer import Consumer
 log = logging.getLogger(__name__)
 
 _original_ack = Consumer.ack
+_original_new_offset = Consumer._new_offset
 _original_build_highwaters = Recovery._build_highwaters
 #: per app: closes changelog partitions with a marker before recovery reads their ends
 _sealers: weakref.WeakKeyDictionary[Any, Callable[[set[Any]], Awaitable[None]]] = (
     weakref.WeakKeyDictionary()
 )
-_original_new_offset = Consumer._new_offset
 #: offsets whose ack was refused, per tp: the commit must stop below the lowest one
 _holes: dict[Any, set[int]] = {}
 #: (tp, offset) of messages whose batch failed: never acked (see :func:`refuse`)
@@ -168,4 +168,4 @@ def apply() -> None:
         Consumer.ack = _ack_unless_stale  # type: ignore[method-assign]
         Consumer._new_offset = _new_offset_below_holes  # type: ignore[method-assign]
         Recovery._build_highwaters = _build_highwaters_sealed  # type: ignore[method-assign]
-        log.debug("faust consumer: stale-generation messages are no longer acked")
+        log.debug("faust: refused acks hold commits back; recovery seals changelogs first")

@@ -1249,12 +1249,13 @@ def publish(
     n = 0
     produce, poll = producer.produce, producer.poll
     for record in records:
-        if rate and n % step == 0:
-            ahead = started + n / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        if stop is not None and stop.is_set():
-            break
+        if n % step == 0:  # every ~10 ms of a paced run, every 1,000 records of a max one
+            if stop is not None and stop.is_set():
+                break
+            if rate:
+                ahead = started + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
         key = producer_key(record)
         while True:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -69,11 +70,18 @@ def publish_records(worker: WorkerHandle, records: list[bytes]) -> None:
     )
 
 
-Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]] | None]
+class Record(NamedTuple):
+    """One record read back from a topic, with where it was."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] | None
+    partition: int
+    offset: int
 
 
 def read_topics(bootstrap: str, topics: list[str]) -> dict[str, list[Record]]:
-    """Every (key, value, headers) of ``topics`` from offset 0, per topic.
+    """Every :class:`Record` of ``topics`` from offset 0, per topic.
 
     A partition is done at its end (a fetch found nothing more: records come in whole
     batches, so the embedded broker's short high watermark loses none) or at a record
@@ -100,7 +108,8 @@ def read_topics(bootstrap: str, topics: list[str]) -> dict[str, list[Record]]:
                 if m.error().code() == KafkaError._PARTITION_EOF:
                     parts.discard((m.topic(), m.partition()))
                 continue
-            out[m.topic()].append((m.key(), m.value(), m.headers()))
+            record = Record(m.key(), m.value(), m.headers(), m.partition(), m.offset())
+            out[m.topic()].append(record)
             if m.timestamp()[1] >= started_ms:
                 parts.discard((m.topic(), m.partition()))
     consumer.close()

@@ -187,7 +187,7 @@ def test_raw_pii_never_leaves_ingest(worker_factory, tmp_path):
     found: dict[str, list[str]] = {}
     for topic, recs in topics.items():
         blobs = []
-        for key, value, headers in recs:
+        for key, value, headers, _, _ in recs:
             blobs += [key or b"", value or b""] + [v or b"" for _, v in headers or []]
             if topic == s.topic(s.topic_dlq) and value:
                 blobs.append(DeadLetter.model_validate_json(value).raw)  # raw is base64 there
@@ -224,6 +224,6 @@ def test_raw_pii_never_leaves_ingest(worker_factory, tmp_path):
     # positive control: the keyed hashes are there, so the greps did look at real data
     phone_hash = hasher.phone(_phone(0)).encode()
     assert phone_hash in tables
-    assert phone_hash in b"".join(v or b"" for _, v, _ in topics[s.topic(s.topic_valid)])
+    assert phone_hash in b"".join(r.value or b"" for r in topics[s.topic(s.topic_valid)])
     assert hasher.email(_email(0)).encode() in tables
     assert len(log) > 100_000, "the debug log should be long enough to mean something"

@@ -90,13 +90,13 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
         s = a.settings
         t_pains, t_events = s.topic(s.topic_pain_points), s.topic(s.topic_journey_events)
         topics = read_topics(a.env["TOUCHPATH_KAFKA_BOOTSTRAP"], [t_pains, t_events])
-        on_topic = {orjson.loads(v)["pain_point_id"] for _, v, _ in topics[t_pains]}
+        on_topic = {orjson.loads(r.value)["pain_point_id"] for r in topics[t_pains]}
         late = [counter(w, "touchpath_events_late_total") for w in workers]
         stepped = {
             item["ev"]["event_id"]
-            for _, v, _ in topics[t_events]
-            if v
-            for item in orjson.loads(v).get("items", ())
+            for r in topics[t_events]
+            if r.value
+            for item in orjson.loads(r.value).get("items", ())
             if "ev" in item
         }
         pytest.fail(
@@ -106,34 +106,30 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
             f"valid events never sent to the journey stage: {len(valid_ids - stepped)}; "
             f"journey partitions: {[_journey_progress(w) for w in workers]}; "
             f"missing (partition, offset) vs the group's commits: "
-            f"{_positions(a, t_pains, want_pp - got_pp)}"
+            f"{_positions(a, topics[t_pains], want_pp - got_pp)}"
         )
     assert all(n > 0 for n in split), "both workers must have had partitions"
 
 
-def _positions(worker, topic: str, ids: set[str]) -> tuple[list, dict]:
-    """Where the ``ids`` are on ``topic`` (partition, offset), and the Faust group's
-    committed offset per partition: committed past a missing one = acked, never landed."""
+def _positions(worker, records: list, ids: set[str]) -> tuple[list, dict]:
+    """Where the ``ids`` are among the pain-point ``records`` (partition, offset), and the
+    Faust group's committed offset per partition: committed past a missing one = acked,
+    never landed."""
     from confluent_kafka import Consumer, TopicPartition
 
-    bootstrap = worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]
-    group = Consumer({"bootstrap.servers": bootstrap, "group.id": worker.env["TOUCHPATH_APP_ID"]})
+    topic = worker.settings.topic(worker.settings.topic_pain_points)
+    group = Consumer(
+        {
+            "bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"],
+            "group.id": worker.env["TOUCHPATH_APP_ID"],
+        }
+    )
     parts = [TopicPartition(topic, p) for p in range(worker.settings.partitions)]
     committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
     group.close()
-    reader = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "diag", "enable.partition.eof": True}
-    )
-    reader.assign([TopicPartition(topic, p, 0) for p in range(worker.settings.partitions)])
-    found, eofs = [], 0
-    while eofs < len(parts):
-        for m in reader.consume(500, timeout=2.0) or [None]:
-            if m is None or m.error() is not None:
-                eofs += 1
-                continue
-            if orjson.loads(m.value())["pain_point_id"] in ids:
-                found.append((m.partition(), m.offset()))
-    reader.close()
+    found = [
+        (r.partition, r.offset) for r in records if orjson.loads(r.value)["pain_point_id"] in ids
+    ]
     return sorted(found), committed
 
 
