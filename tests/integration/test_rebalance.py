@@ -61,7 +61,7 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
     try:
         wait_until(
             lambda: _union(workers, "touchpoint_ids", "event_id") >= valid_ids,
-            150,  # ~60 s when it passes; a stall (RELIABILITY.md) need not cost CI 5 minutes
+            100,  # ~60 s when it passes; a stall (RELIABILITY.md) need not cost CI 5 minutes
             "every touchpoint landed",
             a,
         )
