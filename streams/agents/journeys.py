@@ -55,6 +55,8 @@ MAX_ITEMS = 500
 MAX_BYTES = 900_000
 #: Watermark inputs are never dropped for silence (see ``forward_watermarks``).
 _NEVER = float("inf")
+#: Late events explained in the log per worker (the rest are only counted).
+LATE_LOG_LIMIT = 20
 _NINF = float("-inf")
 
 
@@ -261,6 +263,8 @@ def register(
                         wms.caught_up(r, now)  # idle, nothing known: not waited for
                     else:
                         wms.observe(r, v, now)
+                for r in obj.get("wait") or ():
+                    wms.resume(r, now)  # being read again: wait for it
                 sources.add(q)
         if link_rows:
             await warehouse.land("identity_links", link_rows)
@@ -357,6 +361,26 @@ def register(
                 ready_parts.clear()
                 raise
 
+    late_logged = [0]
+
+    def _log_late(p: int, ts: float, offset: int) -> None:
+        """Say why an event is late (the first few): which input's progress passed it."""
+        if late_logged[0] >= LATE_LOG_LIMIT:
+            return
+        late_logged[0] += 1
+        wms = journey_wms.get(p)
+        inputs = {s: wms.progress(s) for s in sorted(wms.expected)} if wms else {}
+        log.warning(
+            "late event on %s[%d]@%d: event time %.0f, clock %.0f; progress by identify "
+            "partition %s",
+            t_events,
+            p,
+            offset,
+            ts,
+            stage.clocks.get(p, _NINF),
+            inputs,
+        )
+
     async def _journey_batch(batch: list[Any]) -> None:
         await faults.hold("journey.batch")
         lateness = engine.cfg.lateness_seconds
@@ -373,7 +397,10 @@ def register(
                 if "profile" in item:
                     stage.profile(item["c"], item["profile"])
                 else:
+                    late_before = out.late
                     stage.step(item["c"], item["ev"], item["ts"], out)
+                    if out.late > late_before:
+                        _log_late(p, item["ts"], event.message.offset)
                     metrics.EVENT_LAG.observe(wall - item["ts"])
             if obj.get("wm") is not None:
                 wms = journey_wms.get(p)
