@@ -3,6 +3,7 @@ the other by librdkafka still reaches downstream evenly in event time."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -114,3 +115,50 @@ def test_a_partition_read_to_its_end_promises_only_its_own_progress(broker, topi
     assert promised_1, "partition 0's backlog was read in one go"
     # partition 1's next records (day 2, say) would be late behind anything past its own
     assert max(v for v in promised_1 if v is not None) == own_1
+
+
+def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_factory):
+    """librdkafka keeps a paused partition paused across a rebalance: ingest must resume
+    what it is assigned, or a partition alignment paused is never read again (a stall)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    raw, valid, dlq = topic_factory(2), topic_factory(4), topic_factory(4)
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_raw=raw,
+        topic_valid=valid,
+        topic_dlq=dlq,
+        app_id=f"resume-{raw}",
+    )
+    ing = Ingestor(settings, broker.bootstrap, Validator.from_settings(settings))
+    other = None
+    try:
+        for _ in range(100):  # joined, both partitions assigned
+            ing.run_once(timeout=0.2)
+            if len(ing.consumer.assignment()) == 2:
+                break
+        ing.consumer.pause([TopicPartition(raw, 0)])  # as alignment does
+        ing._paused.add((raw, 0))
+        # another member joins and leaves: two rebalances give partition 0 back to ingest
+        other = Consumer(
+            {"bootstrap.servers": broker.bootstrap, "group.id": f"{settings.app_id}-ingest"}
+        )
+        other.subscribe([raw])
+        deadline = time.monotonic() + 60
+        while len(ing.consumer.assignment()) == 2 and time.monotonic() < deadline:
+            other.poll(0.2)
+            ing.run_once(timeout=0.2)
+        other.close()
+        other = None
+        p = Producer({"bootstrap.servers": broker.bootstrap})
+        for i in range(20):
+            p.produce(raw, _event(i, 0), partition=0)
+        p.flush(30)
+        seen = 0
+        while seen < 20 and time.monotonic() < deadline + 60:
+            seen += ing.run_once(timeout=0.2)
+    finally:
+        if other is not None:
+            other.close()
+        ing.close()
+    assert seen == 20, f"{seen} of 20 records on partition 0 read after the rebalance"
