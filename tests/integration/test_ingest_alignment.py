@@ -33,24 +33,30 @@ def _event(i: int, part: int) -> bytes:
     )
 
 
-def test_ingest_pauses_partitions_running_ahead_in_event_time(broker, topic_factory):
+def _ingestor(broker, topic_factory, name: str, **overrides) -> tuple[Ingestor, str]:
+    """An ingestor on a fresh 2-partition raw topic (returned) and its own group."""
     raw, valid, dlq = topic_factory(2), topic_factory(4), topic_factory(4)
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_raw=raw,
+        topic_valid=valid,
+        topic_dlq=dlq,
+        app_id=f"{name}-{raw}",
+        **overrides,
+    )
+    return Ingestor(settings, broker.bootstrap, Validator.from_settings(settings)), raw
+
+
+def test_ingest_pauses_partitions_running_ahead_in_event_time(broker, topic_factory):
+    ing, raw = _ingestor(
+        broker, topic_factory, "align", batch_max_events=100, watermark_align_seconds=3600
+    )
     per_part = 1500  # 10 days of events every 10 minutes, on each of the two partitions
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
     for part in (0, 1):
         for i in range(per_part):
             p.produce(raw, _event(i, part), partition=part)
     p.flush(30)
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap,
-        topic_raw=raw,
-        topic_valid=valid,
-        topic_dlq=dlq,
-        app_id=f"align-{raw}",
-        batch_max_events=100,
-        watermark_align_seconds=3600,
-    )
-    ing = Ingestor(settings, broker.bootstrap, Validator.from_settings(settings))
     src = [f"{raw}:0", f"{raw}:1"]
     worst = 0.0
     seen = 0
@@ -74,21 +80,13 @@ def test_a_partition_read_to_its_end_promises_only_its_own_progress(broker, topi
     """A partition at its end while another still delivers a backlog may just not have
     been reached by the producer yet: it must not promise the other's progress (its next
     records would all be late downstream), only its own."""
-    raw, valid, dlq = topic_factory(2), topic_factory(4), topic_factory(4)
+    ing, raw = _ingestor(  # alignment would pause partition 0 anyway
+        broker, topic_factory, "end", batch_max_events=100, watermark_align_seconds=30 * 86400
+    )
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
     for i in range(10):  # partition 1: the first 100 minutes, read to its end first
         p.produce(raw, _event(i, 1), partition=1)
     p.flush(30)
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap,
-        topic_raw=raw,
-        topic_valid=valid,
-        topic_dlq=dlq,
-        app_id=f"end-{raw}",
-        batch_max_events=100,
-        watermark_align_seconds=30 * 86400,  # alignment would pause partition 0 anyway
-    )
-    ing = Ingestor(settings, broker.bootstrap, Validator.from_settings(settings))
     own_1 = (START + timedelta(minutes=90)).timestamp()
     promised_1: list[float | None] = []
     try:
@@ -122,15 +120,7 @@ def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_fa
     what it is assigned, or a partition alignment paused is never read again (a stall)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    raw, valid, dlq = topic_factory(2), topic_factory(4), topic_factory(4)
-    settings = Settings(
-        kafka_bootstrap=broker.bootstrap,
-        topic_raw=raw,
-        topic_valid=valid,
-        topic_dlq=dlq,
-        app_id=f"resume-{raw}",
-    )
-    ing = Ingestor(settings, broker.bootstrap, Validator.from_settings(settings))
+    ing, raw = _ingestor(broker, topic_factory, "resume")
     other = None
     try:
         for _ in range(100):  # joined, both partitions assigned
@@ -141,7 +131,7 @@ def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_fa
         ing._paused.add((raw, 0))
         # another member joins and leaves: two rebalances give partition 0 back to ingest
         other = Consumer(
-            {"bootstrap.servers": broker.bootstrap, "group.id": f"{settings.app_id}-ingest"}
+            {"bootstrap.servers": broker.bootstrap, "group.id": f"resume-{raw}-ingest"}
         )
         other.subscribe([raw])
         deadline = time.monotonic() + 60
