@@ -125,6 +125,20 @@ def register(
     ready_parts: set[int] = set()
     # per journey partition: watermark over the identify partitions feeding it
     journey_wms: dict[int, SourceWatermarks] = {}
+    # When each links/events partition was assigned here (wall time). Progress announced
+    # before that is not trusted: after a crash it was promised by an identify instance
+    # that died, and what its successor re-reads (from an older commit, with the state it
+    # recovered) can release events that promise already covered; they would all be late.
+    # The successors announce again within KEEPALIVE_SECONDS. This compares a message's
+    # CreateTime with this worker's clock: a skewed clock delays the stream clock, never
+    # stalls it.
+    assigned_at: dict[tuple[str, int], float] = {}
+
+    def trusted(event: Any) -> bool:
+        """Whether progress in ``event`` was announced since its partition came here."""
+        msg = event.message
+        since = assigned_at.get((msg.topic, msg.partition))
+        return since is None or msg.timestamp is None or msg.timestamp >= since
 
     def emit_identity(io: IdentityOutput, events: _Outbox, links: _Outbox) -> None:
         for r in io.resolved:
@@ -240,7 +254,7 @@ def register(
                             }
                         )
                     emit_identity(apply_link(st, cid), events, links)
-                if obj.get("wm") is not None:
+                if obj.get("wm") is not None and trusted(event):
                     link_wm(q, now).observe(str(obj["src"]), obj["wm"], now)
                     sources.add(q)
                 continue
@@ -402,7 +416,7 @@ def register(
                     if out.late > late_before:
                         _log_late(p, item["ts"], event.message.offset)
                     metrics.EVENT_LAG.observe(wall - item["ts"])
-            if obj.get("wm") is not None:
+            if obj.get("wm") is not None and trusted(event):
                 wms = journey_wms.get(p)
                 if wms is None:
                     wms = journey_wms[p] = SourceWatermarks(idle_after=_NEVER)
@@ -422,6 +436,13 @@ def register(
     async def _rescan(sender: Any, **_: Any) -> None:
         rescan_held.set()  # tables change with the assignment: count again
 
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        now = time.time()
+        for tp in assigned:
+            if tp.topic in (t_events, t_links):
+                assigned_at[(tp.topic, tp.partition)] = now
+
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
         for tp in revoked:
@@ -432,3 +453,5 @@ def register(
                 for gauge in (metrics.JOURNEY_WAITING, metrics.JOURNEY_WATERMARK):
                     with contextlib.suppress(KeyError):  # never set for this partition
                         gauge.remove(str(tp.partition))
+            elif tp.topic == t_links:
+                link_wms.pop(tp.partition, None)  # learnt again from what is announced next
