@@ -33,7 +33,7 @@ from streams import faults, metrics
 from streams.config import Settings
 from streams.microbatch import Item, encode
 from streams.partitioning import partition_for
-from streams.watermark import NEG_INF, SourceWatermarks
+from streams.watermark import SourceWatermarks
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class Ingestor:
         )
         self._delivery_errors: list[KafkaError] = []
         self.watermarks = SourceWatermarks(
-            idle_after=settings.idle_advance_seconds, follow_wall_time=True, wake_on_data=True
+            idle_after=settings.idle_advance_seconds, follow_wall_time=True
         )
         self._sent_wm: dict[int, tuple[dict[str, float | None], float]] = {}
         self.raw_partitions = self._count_partitions(settings.partitions)
@@ -214,7 +214,7 @@ class Ingestor:
             log.warning("partitions of %s unknown (%s); assuming %d", self.raw_topic, exc, default)
             return default
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("ingest assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         now = time.monotonic()
         owned = {f"{tp.topic}:{tp.partition}" for tp in partitions}
@@ -227,12 +227,6 @@ class Ingestor:
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
             self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused
-        # librdkafka keeps a partition paused across a rebalance (confluent-kafka-go #193):
-        # one that alignment paused before it was revoked would never be read again, and
-        # ingest would stall on it. Assign, then resume every assigned partition.
-        consumer.assign(partitions)
-        if partitions:
-            consumer.resume(partitions)
         self.raw_partitions = max([self.raw_partitions, *(tp.partition + 1 for tp in partitions)])
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -254,7 +248,7 @@ class Ingestor:
             if m.error() is not None:
                 # Partition EOF and transient fetch errors are not data.
                 if m.error().code() == KafkaError._PARTITION_EOF:
-                    self.watermarks.at_end(f"{m.topic()}:{m.partition()}", time.monotonic())
+                    self.watermarks.caught_up(f"{m.topic()}:{m.partition()}", time.monotonic())
                 else:
                     log.warning("consume error on %s: %s", self.raw_topic, m.error())
                 continue
@@ -350,11 +344,10 @@ class Ingestor:
         Downstream takes the minimum over *every* raw partition, whoever owns it, so a
         partition moving to another worker (rebalance, crash) holds event time back until
         its new owner reports it — never does one worker's progress on its own partitions
-        run ahead of events another worker has yet to read. An idle partition (silent, or
-        at its end while every other one is too) reports this ingest's low watermark (which
-        follows wall time when all are idle), or ``None`` (idle, nothing known: not to be
-        waited for); any other reports its own progress, ``-inf`` while it has delivered
-        nothing yet (downstream waits for it: see :func:`streams.microbatch.encode`).
+        run ahead of events another worker has yet to read. A caught-up (idle) partition
+        reports this ingest's low watermark (which follows wall time when all are idle), or
+        ``None`` (idle, nothing known: not to be waited for); one that is being read but has
+        delivered nothing yet is left out, so downstream keeps waiting for it.
         """
         now = time.monotonic()
         wms = self.watermarks
@@ -362,11 +355,11 @@ class Ingestor:
         out: dict[str, float | None] = {}
         for src in wms.expected:
             v = wms.progress(src)
-            if wms.is_idle(src, now):
+            idle = wms.is_idle(src, now)
+            if idle:
                 v = max(v, low)
-                out[src.rsplit(":", 1)[1]] = None if v == NEG_INF else v
-            else:
-                out[src.rsplit(":", 1)[1]] = v
+            if v != float("-inf") or idle:
+                out[src.rsplit(":", 1)[1]] = None if v == float("-inf") else v
         return out
 
     def _heartbeat(self, min_interval: float, keepalive: float = KEEPALIVE_SECONDS) -> None:

@@ -11,8 +11,6 @@ from typing import Any, TypedDict
 
 import orjson
 
-from streams.watermark import NEG_INF
-
 MICROBATCH_VERSION = 1
 
 
@@ -33,17 +31,13 @@ def encode(
 ) -> bytes:
     """Serialize one micro-batch with event-time progress: ``progress`` maps each raw
     partition the sender owns to how far its event time has certainly got (``None``: idle,
-    nothing known), out of ``partitions`` raw partitions in all. Partitions at ``-inf``
-    (being read, nothing delivered yet) go out as ``wait``: downstream waits for them, even
-    if they were idle before."""
-    progress = progress or {}
+    nothing known), out of ``partitions`` raw partitions in all."""
     return orjson.dumps(
         {
             "v": MICROBATCH_VERSION,
             "at": ingested_at,
             "items": items,
-            "wms": {k: v for k, v in progress.items() if v != NEG_INF},
-            "wait": [k for k, v in progress.items() if v == NEG_INF],
+            "wms": progress or {},
             "nr": partitions,
         }
     )

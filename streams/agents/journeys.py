@@ -277,8 +277,6 @@ def register(
                         wms.caught_up(r, now)  # idle, nothing known: not waited for
                     else:
                         wms.observe(r, v, now)
-                for r in obj.get("wait") or ():
-                    wms.resume(r, now)  # being read again: wait for it
                 sources.add(q)
         if link_rows:
             await warehouse.land("identity_links", link_rows)

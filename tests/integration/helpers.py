@@ -127,6 +127,8 @@ def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:
     except BaseException:
         c = {k: v for k, v in worker.counters().items() if "{" not in k}
         print("landed", landed(), "counters", c)
+        gauges = [ln for ln in worker.gauges().splitlines() if "watermark" in ln or "waiting" in ln]
+        print("journey watermarks and waiting events:", *gauges, sep="\n")
         warnings = [ln for ln in worker.log().splitlines() if "WARN" in ln or "ERROR" in ln]
         print("worker warnings (last 40):", *warnings[-40:], sep="\n")
         raise

@@ -76,45 +76,6 @@ def test_ingest_pauses_partitions_running_ahead_in_event_time(broker, topic_fact
     assert worst <= 3600 + 200 * 600
 
 
-def test_a_partition_read_to_its_end_promises_only_its_own_progress(broker, topic_factory):
-    """A partition at its end while another still delivers a backlog may just not have
-    been reached by the producer yet: it must not promise the other's progress (its next
-    records would all be late downstream), only its own."""
-    ing, raw = _ingestor(  # alignment would pause partition 0 anyway
-        broker, topic_factory, "end", batch_max_events=100, watermark_align_seconds=30 * 86400
-    )
-    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
-    for i in range(10):  # partition 1: the first 100 minutes, read to its end first
-        p.produce(raw, _event(i, 1), partition=1)
-    p.flush(30)
-    own_1 = (START + timedelta(minutes=90)).timestamp()
-    promised_1: list[float | None] = []
-    try:
-        seen = 0
-        idle = 0
-        for _ in range(200):  # until nothing more comes: the end of partition 1 is seen
-            got = ing.run_once(max_messages=200, timeout=0.2)
-            seen += got
-            idle = idle + 1 if seen and not got else 0
-            if idle == 3:
-                break
-        assert seen == 10, "partition 1 not read to its end"
-        for i in range(1500):  # then a 10-day backlog on partition 0
-            p.produce(raw, _event(i, 0), partition=0)
-        p.flush(30)
-        for _ in range(3000):
-            seen += ing.run_once(max_messages=200, timeout=0.2)
-            if seen >= 1510:
-                break
-            promised_1.append(ing.progress().get("1"))
-    finally:
-        ing.close()
-    assert seen == 1510
-    assert promised_1, "partition 0's backlog was read in one go"
-    # partition 1's next records (day 2, say) would be late behind anything past its own
-    assert max(v for v in promised_1 if v is not None) == own_1
-
-
 def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_factory):
     """librdkafka keeps a paused partition paused across a rebalance: ingest must resume
     what it is assigned, or a partition alignment paused is never read again (a stall)."""
