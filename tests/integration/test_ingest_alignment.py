@@ -77,8 +77,8 @@ def test_ingest_pauses_partitions_running_ahead_in_event_time(broker, topic_fact
 
 
 def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_factory):
-    """librdkafka keeps a paused partition paused across a rebalance: ingest must resume
-    what it is assigned, or a partition alignment paused is never read again (a stall)."""
+    """A partition alignment paused is read again after a rebalance gives it back (librdkafka
+    can keep a paused partition paused across one: confluent-kafka-go #193; a stall if so)."""
     from confluent_kafka import Consumer, TopicPartition
 
     ing, raw = _ingestor(broker, topic_factory, "resume")
