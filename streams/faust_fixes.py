@@ -148,6 +148,13 @@ def is_current(app: Any, event: Any) -> bool:
     return bool(event.message.generation_id == app.consumer_generation_id)
 
 
+def still_current(app: Any, generation: int) -> bool:
+    """Whether no rebalance has begun since the consumer was in ``generation``: a batch
+    taken before one may still be running (``stream_wait_empty=False``), and what it
+    announces after it could reach the partitions' new owner as if it were news."""
+    return bool(app.consumer_generation_id == generation and app.flow_control.is_active())
+
+
 def current(app: Any, events: list[Any]) -> list[Any]:
     """The events of a micro-batch fetched since the last rebalance (see the module)."""
     gen = app.consumer_generation_id

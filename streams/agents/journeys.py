@@ -158,6 +158,9 @@ def register(
     # to another worker holds event time back until its new owner reports it, so no input
     # is ever dropped for silence (an instance that dies takes its partitions' promises
     # with it, and their new owner re-reads what it had not committed).
+    # What q's promises cover is what was read of q: a rebalance rewinds q to its committed
+    # offset, so they are forgotten with the partition (even when it comes back here) and
+    # learnt again from the messages re-read; kept, they released the re-read events late.
     ingest_wms: dict[int, SourceWatermarks] = defaultdict(
         lambda: SourceWatermarks(idle_after=_NEVER)
     )
@@ -228,13 +231,13 @@ def register(
         events, links = _Outbox(producer, n), _Outbox(producer, n)
         now = time.monotonic()
         sources: set[int] = set()
+        generation = app.consumer_generation_id
         # Land the batch's touchpoints first: only then may these messages be acked.
         valid = [e.value for e in batch if e.message.topic == t_valid]
         rows = decode_all(valid, touchpoint_rows, "identify")
         if rows:
-            generation = app.consumer_generation_id
             await warehouse.land("touchpoints", rows)
-            if app.consumer_generation_id != generation:
+            if not faust_fixes.still_current(app, generation):
                 return  # rebalanced while landing: the partitions' owner goes on (unacked)
         link_rows: list[dict[str, Any]] = []
         landed_at = datetime.now(UTC)
@@ -283,8 +286,10 @@ def register(
         events.send("items")
         links.send("links")
         # Progress goes out after the events it covers: downstream applies a watermark
-        # only to what follows it in the partition.
-        forward_watermarks(sources, now)
+        # only to what follows it in the partition. Not from a batch a rebalance overtook:
+        # the new owner of its partitions re-reads them and says how far it has got.
+        if faust_fixes.still_current(app, generation):
+            forward_watermarks(sources, now)
         # State after the outputs it stands for (streams/producer.py: order of a flush).
         held_after = 0
         for key, st in states.items():
@@ -374,6 +379,9 @@ def register(
                 raise
 
     late_logged = [0]
+    # per journey partition since its (re)assignment: the first offset read and the offset
+    # of the first progress trusted (for the late-event log: was it re-read after that?)
+    read_from: dict[int, list[int | None]] = {}
 
     def _log_late(p: int, ts: float, offset: int) -> None:
         """Say why an event is late (the first few): which input's progress passed it."""
@@ -384,13 +392,14 @@ def register(
         inputs = {s: wms.progress(s) for s in sorted(wms.expected)} if wms else {}
         log.warning(
             "late event on %s[%d]@%d: event time %.0f, clock %.0f; progress by identify "
-            "partition %s",
+            "partition %s; read from offset %s since assigned, first progress trusted at %s",
             t_events,
             p,
             offset,
             ts,
             stage.clocks.get(p, _NINF),
             inputs,
+            *read_from.get(p, (None, None)),
         )
 
     async def _journey_batch(batch: list[Any]) -> None:
@@ -402,6 +411,8 @@ def register(
         parts: set[int] = set()
         for event in batch:
             p = event.message.partition
+            if p not in ready_parts:
+                read_from[p] = [event.message.offset, None]
             ensure_partition(p)
             parts.add(p)
             obj = orjson.loads(event.value)
@@ -421,6 +432,8 @@ def register(
                     for q in range(n):
                         wms.touch(str(q), now)
                 wms.observe(str(obj["src"]), obj["wm"], now)
+                if read_from[p][1] is None:
+                    read_from[p][1] = event.message.offset
                 stage.advance(p, wms.value(now) - lateness, out)
         await publish(out)
         metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
@@ -453,3 +466,7 @@ def register(
                         gauge.remove(str(tp.partition))
             elif tp.topic == t_links:
                 link_wms.pop(tp.partition, None)  # learnt again from what is announced next
+            elif tp.topic == t_valid:
+                ingest_wms.pop(tp.partition, None)  # learnt again from what is re-read
+                sent_links_wm.pop(tp.partition, None)
+                sent_journey_wm.pop(tp.partition, None)
