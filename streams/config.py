@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         description="Live mode: a partition idle this long (wall time) has its stream clock "
         "advanced by the wall time that passed.",
     )
+    end_grace_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="A raw partition read to its end keeps holding event time back this long "
+        "after its last record (a producer's next batch for it may be older than the other "
+        "partitions' progress); one that never delivered stops at once.",
+    )
 
     # --- care actions ----------------------------------------------------------------------
     care_policy_file: Path | None = Field(

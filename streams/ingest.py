@@ -179,7 +179,7 @@ class Ingestor:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 16 * 1024 * 1024,
                 "max.partition.fetch.bytes": 4 * 1024 * 1024,
-                # end of partition = caught up: it stops holding the watermark back at once
+                # end of partition = caught up: it stops holding the watermark back soon
                 "enable.partition.eof": True,
                 # a short prefetch queue: less to throw back when alignment pauses a partition
                 "queued.min.messages": 10_000,
@@ -198,7 +198,9 @@ class Ingestor:
         )
         self._delivery_errors: list[KafkaError] = []
         self.watermarks = SourceWatermarks(
-            idle_after=settings.idle_advance_seconds, follow_wall_time=True
+            idle_after=settings.idle_advance_seconds,
+            follow_wall_time=True,
+            end_grace=settings.end_grace_seconds,
         )
         self._sent_wm: dict[int, tuple[dict[str, float | None], float]] = {}
         self.raw_partitions = self._count_partitions(settings.partitions)
@@ -316,6 +318,14 @@ class Ingestor:
             self.consumer.pause(pause)
         if resume:
             self.consumer.resume(resume)
+        if pause or resume:
+            log.info(
+                "alignment: paused %s, resumed %s; low watermark %.0f, progress %s",
+                [tp.partition for tp in pause],
+                [tp.partition for tp in resume],
+                wm,
+                {s: self.watermarks.progress(s) for s in sorted(self.watermarks.expected)},
+            )
         metrics.INGEST_PAUSED.set(len(self._paused))
 
     def _report_lag(self, every: float = 5.0) -> None:

@@ -24,14 +24,18 @@ class SourceWatermarks:
     ``observe(src, ts, now)`` records progress; inputs silent for ``idle_after`` seconds of
     wall time stop holding the watermark back (they have nothing in flight); when every
     input is idle the watermark also follows wall time, so timers fire on a quiet system.
-    The result never goes backwards.
+    An input read to its end (``caught_up``) is idle sooner: ``end_grace`` seconds after it
+    said so, unless it delivers meanwhile (``None``: at once). The result never goes
+    backwards.
     """
 
     idle_after: float = 30.0
     follow_wall_time: bool = False
+    end_grace: float | None = None
     expected: set[str] = field(default_factory=set)
     _max: dict[str, float] = field(default_factory=dict)
     _seen_at: dict[str, float] = field(default_factory=dict)
+    _end_at: dict[str, float] = field(default_factory=dict)
     _last_data: float = NEG_INF
     _value: float = NEG_INF
 
@@ -41,19 +45,34 @@ class SourceWatermarks:
             self._max[src] = ts
         self._seen_at[src] = now
         self._last_data = now
+        self._end_at.pop(src, None)
 
     def touch(self, src: str, now: float) -> None:
-        """Input ``src`` is alive (assigned) even if it delivered nothing yet."""
+        """Input ``src`` is alive (assigned) even if it delivered nothing yet; it is read
+        to its end again before it counts as such."""
         self._seen_at.setdefault(src, now)
+        self._end_at.pop(src, None)
         self.expected.add(src)
 
     def caught_up(self, src: str, now: float) -> None:
-        """Input ``src`` has nothing more right now (end of partition): idle at once, so it
-        does not hold the watermark back until it delivers again."""
-        self._seen_at[src] = now - self.idle_after
+        """Input ``src`` has nothing more right now (end of partition): it stops holding the
+        watermark back soon (see the class), not after ``idle_after``.
+
+        Not at once with an ``end_grace``: a producer writes partitions in separate
+        batches, so a partition read to its end can still receive records older than the
+        others' progress, and the embedded broker's short high watermark (design.md) can
+        report an end with records still to come; for ``end_grace`` seconds it keeps
+        holding the watermark at its own progress."""
+        if self.end_grace is None:
+            self._seen_at[src] = now - self.idle_after
+        else:
+            self._end_at.setdefault(src, now)
 
     def is_idle(self, src: str, now: float) -> bool:
         """Whether ``src`` has stopped holding the watermark back (silent, or caught up)."""
+        end_at = self._end_at.get(src)
+        if end_at is not None and now - end_at >= (self.end_grace or 0.0):
+            return True
         return now - self._seen_at.get(src, now) >= self.idle_after
 
     def progress(self, src: str) -> float:
@@ -64,6 +83,7 @@ class SourceWatermarks:
         """Input ``src`` is gone (revoked, or an upstream instance left)."""
         self._max.pop(src, None)
         self._seen_at.pop(src, None)
+        self._end_at.pop(src, None)
         self.expected.discard(src)
 
     def value(self, now: float) -> float:

@@ -44,6 +44,46 @@ def test_a_caught_up_partition_stops_holding_back_until_it_reports_again() -> No
     assert wms.value(2.0) == 150.0
 
 
+def test_a_partition_read_to_its_end_keeps_its_progress_for_the_grace() -> None:
+    # Its producer's next batch may be older than the other partitions' progress.
+    wms = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    wms.observe("0", 100.0, 0.0)
+    wms.observe("1", 500.0, 0.0)
+    wms.caught_up("0", 1.0)
+    assert not wms.is_idle("0", 2.9)
+    assert wms.value(2.9) == 100.0
+    wms.observe("0", 120.0, 2.9)  # the next batch came within the grace: on time
+    wms.caught_up("0", 3.0)
+    assert wms.value(5.9) == 120.0
+    assert wms.is_idle("0", 6.0)  # the grace has passed since its end, with no data
+    assert wms.value(6.0) == 500.0
+    wms.observe("0", 130.0, 6.0)  # delivering again: holds back again (never backwards)
+    assert not wms.is_idle("0", 6.0)
+
+
+def test_the_grace_counts_from_the_end_and_a_new_assignment_clears_it() -> None:
+    wms = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    wms.touch("0", 0.0)
+    wms.observe("1", 500.0, 0.0)
+    wms.caught_up("0", 20.0)  # silent since its assignment, but only now at its end
+    assert wms.value(22.9) == NINF
+    assert wms.is_idle("0", 23.0)
+    assert wms.value(23.0) == 500.0
+    wms.observe("0", 100.0, 50.0)
+    wms.caught_up("0", 51.0)
+    wms.touch("0", 52.0)  # re-assigned: read from its commit, not at its end yet
+    assert not wms.is_idle("0", 54.5)
+
+
+def test_without_a_grace_a_partition_read_to_its_end_is_idle_at_once() -> None:
+    wms = SourceWatermarks(idle_after=30.0)
+    wms.observe("0", 100.0, 0.0)
+    wms.observe("1", 500.0, 0.0)
+    wms.caught_up("0", 1.0)
+    assert wms.is_idle("0", 1.0)
+    assert wms.value(1.0) == 500.0
+
+
 def test_the_watermark_never_goes_backwards() -> None:
     wms = SourceWatermarks(idle_after=NEVER)
     wms.observe("0", 100.0, 0.0)
