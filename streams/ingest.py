@@ -355,19 +355,17 @@ class Ingestor:
         partition moving to another worker (rebalance, crash) holds event time back until
         its new owner reports it — never does one worker's progress on its own partitions
         run ahead of events another worker has yet to read. A caught-up (idle) partition
-        reports this ingest's low watermark (which follows wall time when all are idle), or
-        ``None`` (idle, nothing known: not to be waited for); one that is being read but has
-        delivered nothing yet is left out, so downstream keeps waiting for it.
+        reports what :meth:`SourceWatermarks.promise` allows (at most this ingest's low
+        watermark, which follows wall time when all are idle), or ``None`` (idle, nothing
+        known: not to be waited for); one that is being read but has delivered nothing yet
+        is left out, so downstream keeps waiting for it.
         """
         now = time.monotonic()
         wms = self.watermarks
-        low = wms.value(now)
         out: dict[str, float | None] = {}
         for src in wms.expected:
-            v = wms.progress(src)
+            v = wms.promise(src, now)
             idle = wms.is_idle(src, now)
-            if idle:
-                v = max(v, low)
             if v != float("-inf") or idle:
                 out[src.rsplit(":", 1)[1]] = None if v == float("-inf") else v
         return out

@@ -86,9 +86,31 @@ class SourceWatermarks:
         self._end_at.pop(src, None)
         self.expected.discard(src)
 
+    def _active(self, now: float) -> list[str]:
+        return [s for s in (self.expected | self._max.keys()) if not self.is_idle(s, now)]
+
+    def promise(self, src: str, now: float) -> float:
+        """How far input ``src`` has certainly progressed, to announce downstream.
+
+        Its own progress while it delivers. Once idle, the low watermark (it has nothing in
+        flight) — but while other inputs still deliver, no further than its own progress
+        plus the wall time it has been silent: its next record may be older than theirs (a
+        producer reaches partitions one after another, and a backlog's batch spans days of
+        event time), while live records, whose event time follows the wall clock, are
+        never behind that.
+        """
+        v = self.progress(src)
+        if not self.is_idle(src, now):
+            return v
+        low = self.value(now)
+        if v != NEG_INF and self._active(now):
+            low = min(low, v + max(0.0, now - self._seen_at.get(src, now)))
+        return max(v, low)
+
     def value(self, now: float) -> float:
-        """The current low watermark (``-inf`` until every active input has progressed)."""
-        active = [s for s in (self.expected | self._max.keys()) if not self.is_idle(s, now)]
+        """The current low watermark (``-inf`` until every active input has progressed).
+        Idle inputs do not hold it back (see :meth:`promise` for what they announce)."""
+        active = self._active(now)
         if active:
             wm = min(self._max.get(s, NEG_INF) for s in active)
         elif self._max:

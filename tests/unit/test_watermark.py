@@ -100,3 +100,26 @@ def test_finite_idleness_and_wall_time_following() -> None:
     assert wms.is_idle("1", 30.0)
     # every input idle: the largest progress, then wall time beyond the idle period
     assert wms.value(40.0) == 110.0
+
+
+def test_an_idle_input_promises_no_more_than_its_progress_plus_its_silence() -> None:
+    # Partition 0 is at its end; the producer has not reached it yet with a backlog whose
+    # batches span days: while 1 delivers, 0 must not promise 1's progress.
+    wms = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    wms.observe("0", 1_000.0, 0.0)
+    wms.caught_up("0", 0.0)
+    wms.observe("1", 1_000.0, 0.0)
+    wms.observe("1", 500_000.0, 10.0)  # a batch spanning days
+    assert wms.is_idle("0", 10.0)
+    assert wms.value(10.0) == 500_000.0  # ingest's own alignment is not held back
+    assert wms.promise("0", 10.0) == 1_010.0
+    assert wms.promise("1", 10.0) == 500_000.0
+    # live records (event time = wall time): silence advances an idle input like the clock
+    live = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    live.observe("0", 100.0, 100.0)
+    live.caught_up("0", 100.0)
+    live.observe("1", 160.0, 160.0)
+    assert live.promise("0", 160.0) == 160.0
+    # nothing delivers any more: idle inputs promise the low watermark
+    wms.caught_up("1", 10.0)
+    assert wms.promise("0", 13.0) == 500_000.0
