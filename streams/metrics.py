@@ -86,6 +86,12 @@ PAIN_POINTS = Counter(
     ["rule"],
     registry=REGISTRY,
 )
+EVENTS_RELEASED_EARLY = Counter(
+    "touchpath_events_released_early_total",
+    "Buffered events applied before the watermark passed them: their customer's state "
+    "outgrew what one changelog record may hold while waiting for a slower input.",
+    registry=REGISTRY,
+)
 EVENTS_LATE = Counter(
     "touchpath_events_late_total",
     "Events later than the allowed lateness: landed, not evaluated.",

@@ -58,6 +58,13 @@ _NEVER = float("inf")
 #: Late events explained in the log per worker (the rest are only counted).
 LATE_LOG_LIMIT = 20
 _NINF = float("-inf")
+#: A customer's state (one changelog record) above this applies its oldest buffered events
+#: early (:meth:`JourneyStage.bound_buffers`): under the 1 MB default message limit.
+STATE_LIMIT_BYTES = 600_000
+
+
+def _state_bytes(st: CustomerState) -> int:
+    return len(orjson.dumps(st.to_json()))
 
 
 def _ts(iso: str) -> float:
@@ -435,6 +442,9 @@ def register(
                 if read_from[p][1] is None:
                     read_from[p][1] = event.message.offset
                 stage.advance(p, wms.value(now) - lateness, out)
+        early = stage.bound_buffers(out, _state_bytes, STATE_LIMIT_BYTES)
+        if early:
+            metrics.EVENTS_RELEASED_EARLY.inc(early)
         await publish(out)
         metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
         for p in parts:

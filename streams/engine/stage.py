@@ -161,6 +161,29 @@ class JourneyStage:
                     timers = self._timers[p] = []
                 push(timers, (due, cid))
 
+    def bound_buffers(self, out: Outputs, size: Callable[[CustomerState], int], limit: int) -> int:
+        """Apply, ahead of the watermark, the oldest buffered events of each touched customer
+        whose state ``size`` exceeds ``limit``; returns how many.
+
+        The buffer waits for the slowest input, and a customer with many large events can
+        outgrow what one changelog record may hold (Kafka's 1 MB by default): applying the
+        oldest early costs the order guarantee for that customer only, where failing to
+        write the state would stop the partition.
+        """
+        released = 0
+        for cid in self.touched:
+            st = self.states.get(cid)
+            if st is None or len(st.buffer) < 2:
+                continue
+            p = self.partition_of(cid)
+            clock = self.clocks.get(p, _NINF)
+            while len(st.buffer) > 1 and size(st) > limit:
+                ts, ev = st.buffer.pop(0)  # its heap entry is skipped when it comes up
+                self.engine.step(st, ev, ts, clock, out)
+                self._schedule(p, cid, st.due)
+                released += 1
+        return released
+
     def flush(self, out: Outputs) -> None:
         """Apply every buffered event (end of a backtest's input: nothing more can come)."""
         for p in list(self._waiting):

@@ -375,3 +375,39 @@ def test_backtest_gives_the_collector_back(tmp_path: Path, enabled: bool) -> Non
     finally:
         (gc.enable if was else gc.disable)()
     assert [p["rule_id"] for p in result.pain_points] == ["checkout_failed"]
+
+
+def test_a_state_over_the_limit_applies_its_oldest_buffered_events_early() -> None:
+    """The buffer waits for the watermark; a customer's big events must not outgrow one
+    changelog record meanwhile. The rest wait, and each event is applied once."""
+    states: dict[str, CustomerState] = {}
+
+    def load(cid: str) -> CustomerState:
+        return states.setdefault(cid, CustomerState(cid))
+
+    stage = JourneyStage(JourneyEngine(BUILTIN), 4, load)
+    out = Outputs()
+    p = stage.partition_of("C1")
+    stage.advance(p, 0.0, out)  # a clock, far behind the events: they all wait
+    for i in range(10):
+        ev = {
+            "event_id": f"e{i}",
+            "channel": "web",
+            "type": "page_view",
+            "occurred_at": iso(1e6 + i),
+            "url": "u" * 10_000,
+        }
+        stage.step("C1", ev, 1e6 + i, out)
+
+    def size(st: CustomerState) -> int:
+        return len(orjson.dumps(st.to_json()))
+
+    st = stage.states["C1"]
+    assert len(st.buffer) == 10 and size(st) > 50_000
+    assert stage.bound_buffers(out, size, 50_000) > 0
+    assert size(st) <= 50_000 and st.buffer  # the newest still wait for the watermark
+    applied = set(st.seen)
+    assert applied == {f"e{i}" for i in range(10 - len(st.buffer))}  # oldest first
+    stage.advance(p, 2e6, out)  # the watermark passes: the rest, and nothing twice
+    assert not st.buffer and set(st.seen) == {f"e{i}" for i in range(10)}
+    assert out.duplicates == 0
