@@ -153,8 +153,9 @@ class Settings(BaseSettings):
         default=3.0,
         ge=0,
         description="A raw partition read to its end keeps holding event time back this long "
-        "after its last record (a producer's next batch for it may be older than the other "
-        "partitions' progress); one that never delivered stops at once.",
+        "after it said so, unless it delivers meanwhile (a producer's next batch for it may "
+        "be older than the other partitions' progress, and the embedded broker can report "
+        "an end early).",
     )
 
     # --- care actions ----------------------------------------------------------------------
