@@ -50,7 +50,7 @@ def publish_customers(worker: WorkerHandle, customers: list[dict]) -> None:
     )
     for c in customers:
         p.produce(s.topic(s.topic_customers), orjson.dumps(c), c["customer_id"].encode())
-    p.flush(10)
+    assert p.flush(30) == 0, "the CRM feed was not delivered to the broker"
     wait_until(
         lambda: counter(worker, "touchpath_profiles_total") >= len(customers),
         60,
