@@ -216,7 +216,7 @@ class Ingestor:
             log.warning("partitions of %s unknown (%s); assuming %d", self.raw_topic, exc, default)
             return default
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("ingest assigned %s", [(tp.partition, tp.offset) for tp in partitions])
         now = time.monotonic()
         owned = {f"{tp.topic}:{tp.partition}" for tp in partitions}
@@ -229,13 +229,6 @@ class Ingestor:
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
             self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused
-        # librdkafka keeps a partition paused across a rebalance (confluent-kafka-go #193):
-        # one that alignment paused before ingest's own rebalance, re-assigned here, was
-        # never read again (the rebalance test: 10,103 records of lag, the log showing it
-        # paused before and never resumed). Assign, then resume every assigned partition.
-        consumer.assign(partitions)
-        if partitions:
-            consumer.resume(partitions)
         self.raw_partitions = max([self.raw_partitions, *(tp.partition + 1 for tp in partitions)])
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
