@@ -91,12 +91,12 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
         s = a.settings
         t_pains, t_events = s.topic(s.topic_pain_points), s.topic(s.topic_journey_events)
         topics = read_topics(a.env["TOUCHPATH_KAFKA_BOOTSTRAP"], [t_pains, t_events])
-        on_topic = {orjson.loads(r.value)["pain_point_id"] for r in topics[t_pains]}
+        pains = [orjson.loads(r.value) for r in topics[t_pains]]
+        on_topic = {p["pain_point_id"] for p in pains}
         late = [counter(w, "touchpath_events_late_total") for w in workers]
         extra = sorted(
             (p["detected_at"], p["rule_id"], p["customer_id"], p.get("anchor_event_id"))
-            for r in topics[t_pains]
-            for p in [orjson.loads(r.value)]
+            for p in pains
             if p["pain_point_id"] in got_pp - want_pp
         )
         stepped = {
@@ -107,7 +107,7 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
             if "ev" in item
         }
         pytest.fail(
-            f"{len(missing)} missing, {len(got_pp - want_pp)} extra: {missing}; extra: {extra}; "
+            f"{len(missing)} missing: {missing}; {len(got_pp - want_pp)} extra: {extra}; "
             f"missing but on the pain-points topic: {len(want_pp - got_pp & on_topic)}; "
             f"late events per worker {late}; "
             f"valid events never sent to the journey stage: {len(valid_ids - stepped)}; "
