@@ -56,6 +56,9 @@ class RawRecord:
 
 #: Kafka header ``touchpath replay`` puts on re-published records.
 REPLAY_HEADER = "touchpath-replay"
+#: Progress of a partition that has nothing to promise while others deliver: event time
+#: 0 (1970, before any valid event) makes downstream wait for it, where ``None`` would not.
+HOLD = 0.0
 #: Event-time progress goes to every downstream partition at least this often (seconds).
 KEEPALIVE_SECONDS = 2.0
 
@@ -206,6 +209,8 @@ class Ingestor:
         self.raw_partitions = self._count_partitions(settings.partitions)
         self._lag_at = 0.0
         self._paused: set[tuple[str, int]] = set()
+        #: set by a rebalance; the next :meth:`run_once` resumes every assigned partition
+        self._resume_assigned = False
         self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
 
     def _count_partitions(self, default: int) -> int:
@@ -229,6 +234,10 @@ class Ingestor:
         for tp in partitions:
             self.watermarks.touch(f"{tp.topic}:{tp.partition}", now)
             self._paused.discard((tp.topic, tp.partition))  # a new assignment starts unpaused
+        # librdkafka keeps a partition paused across a rebalance (confluent-kafka-go #193): one
+        # alignment paused just before would never be read again. Resumed from run_once, not
+        # here: re-assigning inside this callback left a restarted worker reading nothing.
+        self._resume_assigned = True
         self.raw_partitions = max([self.raw_partitions, *(tp.partition + 1 for tp in partitions)])
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -238,6 +247,10 @@ class Ingestor:
     def run_once(self, max_messages: int | None = None, timeout: float | None = None) -> int:
         """Process one batch; returns the number of raw records handled (0 when idle)."""
         n = max_messages or max(self.settings.batch_max_events * 4, 500)
+        if self._resume_assigned:
+            self._resume_assigned = False
+            if assigned := self.consumer.assignment():
+                self.consumer.resume(assigned)
         msgs = self.consumer.consume(n, timeout or self.settings.batch_max_ms / 1000)
         self._report_lag()
         if not msgs:
@@ -354,20 +367,20 @@ class Ingestor:
         Downstream takes the minimum over *every* raw partition, whoever owns it, so a
         partition moving to another worker (rebalance, crash) holds event time back until
         its new owner reports it — never does one worker's progress on its own partitions
-        run ahead of events another worker has yet to read. A caught-up (idle) partition
-        reports what :meth:`SourceWatermarks.promise` allows (at most this ingest's low
-        watermark, which follows wall time when all are idle), or ``None`` (idle, nothing
-        known: not to be waited for); one that is being read but has delivered nothing yet
-        is left out, so downstream keeps waiting for it.
+        run ahead of events another worker has yet to read. A partition reports what
+        :meth:`SourceWatermarks.promise` allows (for an idle one at most this ingest's low
+        watermark, which follows wall time when all are idle); ``None`` when nothing is
+        known and nothing delivers (not to be waited for); otherwise ``HOLD``: downstream
+        waits for it (again, after a ``None``).
         """
         now = time.monotonic()
         wms = self.watermarks
         out: dict[str, float | None] = {}
         for src in wms.expected:
             v = wms.promise(src, now)
-            idle = wms.is_idle(src, now)
-            if v != float("-inf") or idle:
-                out[src.rsplit(":", 1)[1]] = None if v == float("-inf") else v
+            if v == float("-inf"):
+                v = None if wms.is_idle(src, now) and wms.quiet(now) else HOLD
+            out[src.rsplit(":", 1)[1]] = v
         return out
 
     def _heartbeat(self, min_interval: float, keepalive: float = KEEPALIVE_SECONDS) -> None:

@@ -36,6 +36,9 @@ class SourceWatermarks:
     _max: dict[str, float] = field(default_factory=dict)
     _seen_at: dict[str, float] = field(default_factory=dict)
     _end_at: dict[str, float] = field(default_factory=dict)
+    #: per input that delivered nothing: the low watermark when every input was last quiet,
+    #: and when (what it promises once others deliver again, see :meth:`promise`)
+    _floor: dict[str, tuple[float, float]] = field(default_factory=dict)
     _last_data: float = NEG_INF
     _value: float = NEG_INF
 
@@ -84,28 +87,45 @@ class SourceWatermarks:
         self._max.pop(src, None)
         self._seen_at.pop(src, None)
         self._end_at.pop(src, None)
+        self._floor.pop(src, None)
         self.expected.discard(src)
 
     def _active(self, now: float) -> list[str]:
         return [s for s in (self.expected | self._max.keys()) if not self.is_idle(s, now)]
 
     def promise(self, src: str, now: float) -> float:
-        """How far input ``src`` has certainly progressed, to announce downstream.
+        """How far input ``src`` has certainly progressed, to announce downstream
+        (``-inf``: nothing can be promised, hold event time back).
 
         Its own progress while it delivers. Once idle, the low watermark (it has nothing in
         flight) — but while other inputs still deliver, no further than its own progress
         plus the wall time it has been silent: its next record may be older than theirs (a
         producer reaches partitions one after another, and a backlog's batch spans days of
         event time), while live records, whose event time follows the wall clock, are
-        never behind that.
+        never behind that. An input that delivered nothing has no progress of its own: the
+        low watermark of the last moment every input was quiet stands for it, and if there
+        was none it holds event time back until it has been silent ``idle_after`` seconds.
         """
         v = self.progress(src)
         if not self.is_idle(src, now):
             return v
         low = self.value(now)
-        if v != NEG_INF and self._active(now):
-            low = min(low, v + max(0.0, now - self._seen_at.get(src, now)))
-        return max(v, low)
+        if not self._active(now):
+            if v == NEG_INF:
+                self._floor[src] = (low, now)
+            return max(v, low)
+        if v != NEG_INF:
+            return max(v, min(low, v + max(0.0, now - self._seen_at.get(src, now))))
+        floor, at = self._floor.get(src, (NEG_INF, now))
+        if floor != NEG_INF:
+            return max(floor, min(low, floor + max(0.0, now - at)))
+        if now - self._seen_at.get(src, now) >= self.idle_after:
+            return low  # silent for long: a partition that gets no data must not stall
+        return NEG_INF
+
+    def quiet(self, now: float) -> bool:
+        """Whether no input delivers (every one is idle)."""
+        return not self._active(now)
 
     def value(self, now: float) -> float:
         """The current low watermark (``-inf`` until every active input has progressed).

@@ -113,3 +113,38 @@ def test_a_partition_paused_before_a_rebalance_is_read_after_it(broker, topic_fa
             other.close()
         ing.close()
     assert seen == 20, f"{seen} of 20 records on partition 0 read after the rebalance"
+
+
+def test_a_partition_with_nothing_read_promises_nothing_while_others_deliver(broker, topic_factory):
+    """A restarted worker finds raw partition 0 read to its end, and the producer's next
+    backlog reaches partition 1 first: while 1 delivers, 0 must not promise 1's progress,
+    or 0's records (older than that) reach the journey stage late."""
+    ing, raw = _ingestor(broker, topic_factory, "hold", end_grace_seconds=0.2)
+    src0 = f"{raw}:0"
+    promised: list[float] = []
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            not ing.watermarks.is_idle(src0, time.monotonic()) or len(ing.consumer.assignment()) < 2
+        ):  # joined, and partition 0 read to its end
+            ing.run_once(timeout=0.2)
+            assert time.monotonic() < deadline, "partition 0 never reported its end"
+        p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        for i in range(2000):  # two weeks of events every 10 minutes
+            p.produce(raw, _event(i, 1), partition=1)
+        p.flush(30)
+        read = 0
+        while read < 500:  # partition 1 delivers, in small batches; 0 stays idle
+            read += ing.run_once(max_messages=50, timeout=0.2)
+            time.sleep(0.05)
+            if (v := ing.progress().get("0")) is not None:
+                promised.append(v)
+        assert ing.watermarks.is_idle(src0, time.monotonic())
+        assert ing.watermarks.progress(f"{raw}:1") > START.timestamp() + 3 * 86400
+    finally:
+        ing.close()
+    # the producer's next records for partition 0 (_event(0, 0) on) are at START
+    assert promised, "partition 0 was never reported while partition 1 delivered"
+    assert max(promised) <= START.timestamp(), (
+        f"partition 0 promised {max(promised) - START.timestamp():.0f} s past its next record"
+    )

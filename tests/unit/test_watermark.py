@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.watermark import SourceWatermarks
+from streams.watermark import NEG_INF, SourceWatermarks
 
 NEVER = float("inf")
 NINF = float("-inf")
@@ -123,3 +123,33 @@ def test_an_idle_input_promises_no_more_than_its_progress_plus_its_silence() -> 
     # nothing delivers any more: idle inputs promise the low watermark
     wms.caught_up("1", 10.0)
     assert wms.promise("0", 13.0) == 500_000.0
+
+
+def test_an_input_with_no_progress_holds_while_others_deliver() -> None:
+    # A restarted worker: partition 0 had nothing left to read (its end at once), 1 had.
+    # The producer then writes the next backlog, reaching 1 before 0: 0's records may be
+    # older than anything 1 delivers, so 0 must not promise 1's progress.
+    wms = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    wms.touch("0", 0.0)
+    wms.touch("1", 0.0)
+    wms.caught_up("0", 0.0)
+    wms.observe("1", 1_000.0, 1.0)
+    assert wms.is_idle("0", 5.0)
+    assert wms.promise("0", 5.0) == NEG_INF  # on hold: nothing known of it
+    # every input quiet: the low watermark of that moment stands for 0's progress
+    wms.caught_up("1", 2.0)
+    assert wms.quiet(6.0)
+    assert wms.promise("0", 6.0) == 1_000.0
+    wms.observe("1", 400_000.0, 7.0)  # 1 delivers again, days ahead
+    assert not wms.quiet(7.0)
+    assert wms.promise("0", 7.0) == 1_001.0  # that low watermark plus the wall time since
+    # a partition that never gets data stops holding after idle_after seconds of silence
+    never = SourceWatermarks(idle_after=30.0, end_grace=3.0)
+    never.touch("0", 0.0)
+    never.caught_up("0", 0.0)
+    never.observe("1", 50.0, 0.0)
+    for t in range(1, 30):
+        never.observe("1", 50.0 + t, float(t))
+        assert never.promise("0", float(t)) == NEG_INF
+    never.observe("1", 80.0, 30.0)
+    assert never.promise("0", 30.0) == 80.0
