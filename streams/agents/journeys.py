@@ -420,6 +420,7 @@ def register(
             p = event.message.partition
             if p not in ready_parts:
                 read_from[p] = [event.message.offset, None]
+                log.info("journey: %s[%d] read from offset %d", t_events, p, event.message.offset)
             ensure_partition(p)
             parts.add(p)
             obj = orjson.loads(event.value)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 import orjson
+import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -117,13 +119,24 @@ def read_topics(bootstrap: str, topics: list[str]) -> dict[str, list[Record]]:
 
 
 def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:
-    """Wait until the landed pain points reach ``want`` and stop changing; their ids."""
+    """Wait until the landed pain points reach ``want`` and stop changing; their ids.
+    Gives up after 300 s, or once their count has not moved for 90 s (a loss, not slowness).
+    """
+    last = [-1, time.monotonic()]
 
     def landed() -> int:
         return len(worker.query("pain_point_ids"))
 
+    def reached_or_stuck() -> bool:
+        n = landed()
+        if n != last[0]:
+            last[:] = [n, time.monotonic()]
+        elif time.monotonic() - last[1] > 90:
+            pytest.fail(f"{n} of {want} pain points landed, and no more for 90 s")
+        return n >= want
+
     try:
-        wait_until(lambda: landed() >= want, 300, f"{want} pain points landed", worker)
+        wait_until(reached_or_stuck, 300, f"{want} pain points landed", worker)
     except BaseException:
         c = {k: v for k, v in worker.counters().items() if "{" not in k}
         print("landed", landed(), "counters", c)
@@ -134,6 +147,45 @@ def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:
         raise
     time.sleep(2.0)  # anything extra would land by now
     return {r["pain_point_id"] for r in worker.query("pain_point_ids")}
+
+
+def explain_pain_points(worker: WorkerHandle, want: list[dict], got: set[str]) -> str:
+    """Why landed pain points differ from ``want`` (the backtest's): for a failure message.
+
+    Says which missing ones were raised (on the pain-points topic) but not landed, which
+    valid events never reached the journey stage, and for the first few missing ones the
+    customer's journey-topic records of the two days before it (event, partition, offset)
+    beside the group's committed offsets: an event on the topic that the journey stage
+    did not apply points at the journey stage, one not on it at identify.
+    """
+    s = worker.settings
+    t_events, t_pains = s.topic(s.topic_journey_events), s.topic(s.topic_pain_points)
+    bootstrap = worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]
+    topics = read_topics(bootstrap, [t_events, t_pains])
+    by_id = {p["pain_point_id"]: p for p in want}
+    missing = sorted((by_id[i] for i in set(by_id) - got), key=lambda p: p["detected_at"])
+    raised = {orjson.loads(r.value)["pain_point_id"] for r in topics[t_pains] if r.value}
+    stepped: dict[str, list[tuple[str, float, int, int]]] = {}
+    for r in topics[t_events]:
+        for item in orjson.loads(r.value).get("items", ()) if r.value else ():
+            if "ev" in item:
+                ev = (item["ev"]["event_id"], item["ts"], r.partition, r.offset)
+                stepped.setdefault(item["c"], []).append(ev)
+    group = Consumer({"bootstrap.servers": bootstrap, "group.id": worker.env["TOUCHPATH_APP_ID"]})
+    parts = [TopicPartition(t_events, p) for p in range(s.partitions)]
+    committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
+    group.close()
+    raised_missing = raised & {p["pain_point_id"] for p in missing}
+    lines = [
+        f"{len(missing)} missing, {len(got - set(by_id))} extra; "
+        f"missing but raised (on {t_pains}): {len(raised_missing)}; "
+        f"journey topic committed at {committed}"
+    ]
+    for p in missing[:5]:
+        at = datetime.fromisoformat(p["detected_at"]).timestamp()
+        near = sorted(e for e in stepped.get(p["customer_id"], ()) if at - 2 * 86400 <= e[1] <= at)
+        lines.append(f"{p['rule_id']} {p['customer_id']} {p['detected_at']}: {near[-12:]}")
+    return "\n".join(lines)
 
 
 def final_sent(actions: list[dict]) -> set[str]:

@@ -21,6 +21,7 @@ from tests.integration.conftest import wait_until
 from tests.integration.helpers import (
     counter,
     expected,
+    explain_pain_points,
     final_sent,
     publish_customers,
     publish_records,
@@ -83,7 +84,13 @@ def test_three_kill_9s_lose_nothing_and_double_nothing(worker_factory, tmp_path)
             "every touchpoint landed",
             worker,
         )
-        got_pp = settle_pain_points(worker, len(want_pp))
+        try:
+            got_pp = settle_pain_points(worker, len(want_pp))
+            assert got_pp == want_pp
+        except BaseException:
+            got = {r["pain_point_id"] for r in worker.query("pain_point_ids")}
+            print(explain_pain_points(worker, result.pain_points, got))
+            raise
         wait_until(lambda: set(rec.processed) >= want_care, 120, "care delivered", worker)
         time.sleep(2.0)
         totals = worker.query("landed_totals")[0]
