@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,21 @@ def configure(spec: str | None) -> None:
         log.warning("fault injection armed: hold at %s, hit %d", _point, _hit_at)
 
 
-def _reached(point: str) -> bool:
+def _reached(point: str, where: Callable[[], str] | None = None) -> bool:
     if _point != point:
         return False
     _hits[point] += 1
     if _hits[point] != _hit_at:
         return False
-    log.warning("fault injection: holding at %s (%s)", point, POINTS[point])
+    held = f" {where()}" if where else ""
+    log.warning("fault injection: holding at %s (%s)%s", point, POINTS[point], held)
     return True
 
 
-async def hold(point: str) -> None:
-    """In a coroutine: never return if this is the armed point's armed hit."""
-    if _point is not None and _reached(point):
+async def hold(point: str, where: Callable[[], str] | None = None) -> None:
+    """In a coroutine: never return if this is the armed point's armed hit (``where``
+    says what is held, for the log)."""
+    if _point is not None and _reached(point, where):
         await asyncio.Event().wait()
 
 

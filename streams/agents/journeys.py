@@ -409,8 +409,16 @@ def register(
             *read_from.get(p, (None, None)),
         )
 
+    def _offsets(batch: list[Any]) -> str:
+        """First and last offset of each partition in ``batch`` (for logs)."""
+        spans: dict[int, list[int]] = {}
+        for e in batch:
+            span = spans.setdefault(e.message.partition, [e.message.offset, e.message.offset])
+            span[1] = e.message.offset
+        return ", ".join(f"[{p}]@{a}-{b}" for p, (a, b) in sorted(spans.items()))
+
     async def _journey_batch(batch: list[Any]) -> None:
-        await faults.hold("journey.batch")
+        await faults.hold("journey.batch", lambda: _offsets(batch))
         lateness = engine.cfg.lateness_seconds
         out = Outputs()
         now = time.monotonic()
