@@ -30,6 +30,15 @@ Measured: two workers, one leaving and rejoining, lost the first 45 pain points 
 partition in 2 of 5 runs. :func:`_seek_to_committed_always` seeks such partitions to 0 or
 to the reset policy's offset.
 
+At the end of a recovery Faust resumes the stream partitions and only then seeks them to
+their committed offsets: the agents process what is fetched in between, the seek rewinds,
+and the re-fetched messages are processed again or dropped, while the jump back and forth
+looks to Faust like a gap in the offsets, which it counts as acked. Measured: after a
+restart, identify processed a batch twice and announced event-time progress before its
+second copy, whose events then reached the journey stage late; in other runs a journey
+message was neither processed nor committed past. touchpath seeks the stream partitions
+while they are still paused (:func:`_seek_then`) and skips Faust's own seek after it.
+
 Last, Faust recovers a table by reading its changelog up to the high watermark, which the
 embedded broker reports short of the end unless the partition ends in a single-record batch
 (design.md). Every flush ends in such a marker, but a worker killed between a flush's state
@@ -57,6 +66,11 @@ _original_ack = Consumer.ack
 _original_new_offset = Consumer._new_offset
 _original_build_highwaters = Recovery._build_highwaters
 _original_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
+_original_on_recovery_completed = Recovery.on_recovery_completed
+_original_resume_streams = Recovery._resume_streams
+_original_perform_seek = Consumer.perform_seek
+#: per app: the generation whose stream partitions were sought before they were resumed
+_sought: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 #: per app: closes changelog partitions with a marker before recovery reads their ends
 _sealers: weakref.WeakKeyDictionary[Any, Callable[[set[Any]], Awaitable[None]]] = (
     weakref.WeakKeyDictionary()
@@ -207,6 +221,38 @@ async def _seek_to_committed_always(self: Any) -> Any:
     return committed
 
 
+async def _seek_then(original: Any, self: Any, generation_id: int = 0) -> None:
+    """Seek the stream partitions to their commits while they are still paused, then run
+    Faust's ``original`` end of recovery, whose own seek (after it resumed them) is skipped
+    by :func:`_perform_seek_once`."""
+    app = self.app
+    if app.consumer_generation_id == generation_id and app.consumer.assignment():
+        await _original_perform_seek(app.consumer)
+        _sought[app] = generation_id
+    try:
+        await original(self, generation_id)
+    finally:
+        _sought.pop(app, None)
+
+
+async def _on_recovery_completed_sought(self: Any, generation_id: int = 0) -> None:
+    await _seek_then(_original_on_recovery_completed, self, generation_id)
+
+
+async def _resume_streams_sought(self: Any, generation_id: int = 0) -> None:
+    await _seek_then(_original_resume_streams, self, generation_id)
+
+
+async def _perform_seek_once(self: Any) -> None:
+    """Faust's seek to the committed offsets, unless :func:`_seek_then` did it for this
+    generation already (see the module)."""
+    app = self.app
+    if _sought.get(app) == app.consumer_generation_id and self.flow_active:
+        _sought.pop(app, None)
+        return
+    await _original_perform_seek(self)
+
+
 def apply() -> None:
     """Install the workaround (idempotent)."""
     if Consumer.ack is not _ack_unless_stale:
@@ -214,4 +260,7 @@ def apply() -> None:
         Consumer._new_offset = _new_offset_below_holes  # type: ignore[method-assign]
         Recovery._build_highwaters = _build_highwaters_sealed  # type: ignore[method-assign]
         AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed_always  # type: ignore[method-assign]
+        Recovery.on_recovery_completed = _on_recovery_completed_sought  # type: ignore[method-assign]
+        Recovery._resume_streams = _resume_streams_sought  # type: ignore[method-assign]
+        Consumer.perform_seek = _perform_seek_once  # type: ignore[method-assign]
         log.debug("faust: refused acks hold commits back; recovery seals changelogs first")

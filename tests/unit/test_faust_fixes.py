@@ -6,6 +6,7 @@ is a stand-in carrying what ``ack`` reads: the app's generation and flow control
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -115,3 +116,40 @@ def test_a_batch_cancelled_mid_way_is_never_acked(monkeypatch) -> None:
     asyncio.run(run())
     assert [faust_fixes._ack_unless_stale(c, e.message) for e in batch] == [False, False]
     assert calls == []
+
+
+class _App:
+    """What the end-of-recovery seek reads of Faust's app and consumer."""
+
+    def __init__(self, generation: int, log: list[str]) -> None:
+        self.consumer_generation_id = generation
+        self.consumer = SimpleNamespace(app=self, flow_active=True, assignment=lambda: {("t", 0)})
+        self.log = log
+
+
+def test_stream_partitions_are_sought_before_faust_resumes_them(monkeypatch) -> None:
+    # Faust's end of recovery resumes the stream partitions and then seeks them: what the
+    # agents got in between was processed twice or dropped. The seek now comes first, and
+    # Faust's own (after the resume) is skipped.
+    log: list[str] = []
+
+    async def seek(consumer: Any) -> None:
+        consumer.app.log.append("seek")
+
+    async def faust_end_of_recovery(self: Any, generation_id: int = 0) -> None:
+        self.app.log.append("resume")
+        await faust_fixes._perform_seek_once(self.app.consumer)  # Faust's seek, after it
+        self.app.log.append("ready")
+
+    monkeypatch.setattr(faust_fixes, "_original_perform_seek", seek)
+    monkeypatch.setattr(faust_fixes, "_original_on_recovery_completed", faust_end_of_recovery)
+    app = _App(generation=4, log=log)
+    asyncio.run(faust_fixes._on_recovery_completed_sought(SimpleNamespace(app=app), 4))
+    assert log == ["seek", "resume", "ready"]
+    # later seeks of Faust's (a rebalance beginning) are not skipped
+    asyncio.run(faust_fixes._perform_seek_once(app.consumer))
+    assert log == ["seek", "resume", "ready", "seek"]
+    # a recovery overtaken by a newer generation leaves the seek to Faust
+    log.clear()
+    asyncio.run(faust_fixes._on_recovery_completed_sought(SimpleNamespace(app=app), 3))
+    assert log == ["resume", "seek", "ready"]
