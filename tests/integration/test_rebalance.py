@@ -33,12 +33,6 @@ def _union(workers, query: str, key: str) -> set:
     return {r[key] for w in workers for r in w.query(query)}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue (RELIABILITY.md): now and then some pain points are on the topic "
-    "but not landed after the leave/rejoin (acked past, or their landing stalls), or one "
-    "too many is raised",
-)
 def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_factory, tmp_path):
     sim = simulate(SimConfig(customers=1200, days=30, seed=71))
     result = expected(tmp_path, sim)
