@@ -115,10 +115,11 @@ class SourceWatermarks:
                 self._floor[src] = (low, now)
             return max(v, low)
         if v != NEG_INF:
-            return max(v, min(low, v + max(0.0, now - self._seen_at.get(src, now))))
-        floor, at = self._floor.get(src, (NEG_INF, now))
-        if floor != NEG_INF:
-            return max(floor, min(low, floor + max(0.0, now - at)))
+            base, since = v, self._seen_at.get(src, now)
+        else:
+            base, since = self._floor.get(src, (NEG_INF, now))
+        if base != NEG_INF:
+            return max(base, min(low, base + max(0.0, now - since)))
         if now - self._seen_at.get(src, now) >= self.idle_after:
             return low  # silent for long: a partition that gets no data must not stall
         return NEG_INF

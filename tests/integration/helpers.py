@@ -149,32 +149,49 @@ def settle_pain_points(worker: WorkerHandle, want: int) -> set[str]:
     return {r["pain_point_id"] for r in worker.query("pain_point_ids")}
 
 
-def explain_pain_points(worker: WorkerHandle, want: list[dict], got: set[str]) -> str:
-    """Why landed pain points differ from ``want`` (the backtest's): for a failure message.
+def committed_offsets(worker: WorkerHandle, topic: str) -> dict[int, int]:
+    """The worker group's committed offset of each partition of ``topic``."""
+    group = Consumer(
+        {
+            "bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"],
+            "group.id": worker.env["TOUCHPATH_APP_ID"],
+        }
+    )
+    parts = [TopicPartition(topic, p) for p in range(worker.settings.partitions)]
+    committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
+    group.close()
+    return committed
 
-    Says which missing ones were raised (on the pain-points topic) but not landed, which
-    valid events never reached the journey stage, and for the first few missing ones the
-    customer's journey-topic records of the two days before it (event, partition, offset)
-    beside the group's committed offsets: an event on the topic that the journey stage
-    did not apply points at the journey stage, one not on it at identify.
-    """
-    s = worker.settings
-    t_events, t_pains = s.topic(s.topic_journey_events), s.topic(s.topic_pain_points)
-    bootstrap = worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"]
-    topics = read_topics(bootstrap, [t_events, t_pains])
-    by_id = {p["pain_point_id"]: p for p in want}
-    missing = sorted((by_id[i] for i in set(by_id) - got), key=lambda p: p["detected_at"])
-    raised = {orjson.loads(r.value)["pain_point_id"] for r in topics[t_pains] if r.value}
-    stepped: dict[str, list[tuple[str, float, int, int]]] = {}
-    for r in topics[t_events]:
+
+def journey_events(records: list[Record]) -> dict[str, list[tuple[str, float, int, int]]]:
+    """Per customer, the events on the journey topic ``records``: (event id, event time,
+    partition, offset)."""
+    out: dict[str, list[tuple[str, float, int, int]]] = {}
+    for r in records:
         for item in orjson.loads(r.value).get("items", ()) if r.value else ():
             if "ev" in item:
                 ev = (item["ev"]["event_id"], item["ts"], r.partition, r.offset)
-                stepped.setdefault(item["c"], []).append(ev)
-    group = Consumer({"bootstrap.servers": bootstrap, "group.id": worker.env["TOUCHPATH_APP_ID"]})
-    parts = [TopicPartition(t_events, p) for p in range(s.partitions)]
-    committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
-    group.close()
+                out.setdefault(item["c"], []).append(ev)
+    return out
+
+
+def explain_pain_points(worker: WorkerHandle, want: list[dict], got: set[str]) -> str:
+    """Why landed pain points differ from ``want`` (the backtest's): for a failure message.
+
+    Says how many missing ones were raised (on the pain-points topic) but not landed, and
+    for the first few missing ones the customer's journey-topic records of the two days
+    before it (event, partition, offset) beside the group's committed offsets: an event on
+    the topic that the journey stage did not apply points at the journey stage, one not on
+    it at identify.
+    """
+    s = worker.settings
+    t_events, t_pains = s.topic(s.topic_journey_events), s.topic(s.topic_pain_points)
+    topics = read_topics(worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"], [t_events, t_pains])
+    by_id = {p["pain_point_id"]: p for p in want}
+    missing = sorted((by_id[i] for i in set(by_id) - got), key=lambda p: p["detected_at"])
+    raised = {orjson.loads(r.value)["pain_point_id"] for r in topics[t_pains] if r.value}
+    stepped = journey_events(topics[t_events])
+    committed = committed_offsets(worker, t_events)
     raised_missing = raised & {p["pain_point_id"] for p in missing}
     lines = [
         f"{len(missing)} missing, {len(got - set(by_id))} extra; "

@@ -19,8 +19,10 @@ from streams.runtime import stop_process
 from streams.simulator import SimConfig, simulate
 from tests.integration.conftest import wait_until
 from tests.integration.helpers import (
+    committed_offsets,
     counter,
     expected,
+    journey_events,
     publish_customers,
     publish_records,
     read_topics,
@@ -93,13 +95,7 @@ def test_worker_leaves_and_rejoins_the_group_results_equal_one_worker(worker_fac
             for p in pains
             if p["pain_point_id"] in got_pp - want_pp
         )
-        stepped = {
-            item["ev"]["event_id"]
-            for r in topics[t_events]
-            if r.value
-            for item in orjson.loads(r.value).get("items", ())
-            if "ev" in item
-        }
+        stepped = {ev[0] for evs in journey_events(topics[t_events]).values() for ev in evs}
         pytest.fail(
             f"{len(missing)} missing: {missing}; {len(got_pp - want_pp)} extra: {extra}; "
             f"missing but on the pain-points topic: {len(want_pp - got_pp & on_topic)}; "
@@ -116,18 +112,7 @@ def _positions(worker, records: list, ids: set[str]) -> tuple[list, dict]:
     """Where the ``ids`` are among the pain-point ``records`` (partition, offset), and the
     Faust group's committed offset per partition: committed past a missing one = acked,
     never landed."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    topic = worker.settings.topic(worker.settings.topic_pain_points)
-    group = Consumer(
-        {
-            "bootstrap.servers": worker.env["TOUCHPATH_KAFKA_BOOTSTRAP"],
-            "group.id": worker.env["TOUCHPATH_APP_ID"],
-        }
-    )
-    parts = [TopicPartition(topic, p) for p in range(worker.settings.partitions)]
-    committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
-    group.close()
+    committed = committed_offsets(worker, worker.settings.topic(worker.settings.topic_pain_points))
     found = [
         (r.partition, r.offset) for r in records if orjson.loads(r.value)["pain_point_id"] in ids
     ]
