@@ -200,7 +200,8 @@ def explain_pain_points(worker: WorkerHandle, want: list[dict], got: set[str]) -
     ]
     for p in missing[:5]:
         at = datetime.fromisoformat(p["detected_at"]).timestamp()
-        near = sorted(e for e in stepped.get(p["customer_id"], ()) if at - 2 * 86400 <= e[1] <= at)
+        events = stepped.get(p["customer_id"], ())
+        near = sorted((e for e in events if at - 2 * 86400 <= e[1] <= at), key=lambda e: e[1])
         lines.append(f"{p['rule_id']} {p['customer_id']} {p['detected_at']}: {near[-12:]}")
     return "\n".join(lines)
 
