@@ -52,6 +52,7 @@ from streams.engine.rules import Matcher, parse_duration
 # The rule loader's SafeLoader subclass that rejects duplicate mapping keys: a policy file
 # must not silently keep the last of two `cooldown:` lines either.
 from streams.engine.rules import _UniqueKeyLoader as _PolicyLoader
+from streams.engine.timefmt import iso
 
 __all__ = [
     "KINDS",
@@ -765,12 +766,6 @@ def _capped(sends: list[float], t: float, window: float, limit: int) -> bool:
         if j + 1 - bisect.bisect_right(sends, end - window) >= limit:
             return True
     return False
-
-
-def iso(ts: float) -> str:
-    """Event time (epoch seconds) as ISO 8601 UTC with milliseconds (as journey.iso; not
-    imported from there because the journey engine imports this module)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 _uuid = uuid5_str  # str(uuid.uuid5(TOUCHPATH_NS, name)), faster

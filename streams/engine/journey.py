@@ -26,7 +26,6 @@ import bisect
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -37,6 +36,7 @@ from streams.engine.ids import journey_id as make_journey_id
 from streams.engine.ids import pain_point_id
 from streams.engine.rules import Rule, RuleSet
 from streams.engine.score import ScoreWeights, journey_score, pain_penalty, survey_delta
+from streams.engine.timefmt import iso as _iso
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -80,7 +80,7 @@ def iso(ts: float) -> str:
     if s is None:
         if len(_ISO) >= _ISO_CACHE:
             _ISO.clear()
-        s = _ISO[ts] = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+        s = _ISO[ts] = _iso(ts)
     return s
 
 

@@ -254,3 +254,24 @@ def test_memory_stays_bounded_over_ten_thousand_hostile_records():
     assert worst_peak < SPLIT_PEAK_LIMIT, f"split_batch peak {worst_peak / 2**20:.1f} MiB"
     assert retained < RETAINED_LIMIT, f"{retained} bytes still held after 10k records"
     assert slowest < 10.0  # a pathological record (regex, nesting) would show here
+
+
+_TIGHT = Validator(b"fuzz-secret", max_string_chars=12, max_depth=3)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_json.map(lambda v: {"x": v}), st.text(max_size=30))
+def test_bounds_shortcut_agrees_with_the_full_walk(obj: dict, extra: str) -> None:
+    """Records short and flat enough skip the bounds walk; whatever the walk would reject
+    (a long string, deep nesting) must still be rejected for that reason."""
+    obj["y"] = extra
+    raw = _stdlib_dumps(obj)
+    walked = _TIGHT._check_bounds(json.loads(raw))
+    got = _TIGHT.validate(raw, NOW)
+    if walked is not None:
+        assert isinstance(got, Rejection) and got.reason == walked.reason, (raw, got, walked)
+    else:
+        assert not isinstance(got, Rejection) or got.reason not in (
+            "too_deep",
+            "string_too_long",
+        ), (raw, got)
