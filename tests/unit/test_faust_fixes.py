@@ -153,3 +153,42 @@ def test_stream_partitions_are_sought_before_faust_resumes_them(monkeypatch) -> 
     log.clear()
     asyncio.run(faust_fixes._on_recovery_completed_sought(SimpleNamespace(app=app), 3))
     assert log == ["resume", "seek", "ready"]
+
+
+def test_a_batch_acked_when_its_landing_is_done_commits_only_then(monkeypatch) -> None:
+    """identify returns before its touchpoints have landed: the batch's own ack is refused
+    (the commit stays below it) and the messages are acked when the landing succeeds; a
+    landing that fails, or ends after a rebalance, acks nothing."""
+    monkeypatch.setattr(faust_fixes, "_holes", {})
+    acked: list[int] = []
+    c = _committer(10, [])
+
+    def ack(self: Any, m: Any) -> bool:
+        acked.append(m.offset)
+        c._acked[m.tp].append(m.offset)
+        c._acked_index[m.tp].add(m.offset)
+        return True
+
+    monkeypatch.setattr(faust_fixes, "_original_ack", ack)
+    c.app.consumer = c
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        ok, failed, late = loop.create_future(), loop.create_future(), loop.create_future()
+        first, second, third = [_event(10), _event(11)], [_event(12)], [_event(13)]
+        faust_fixes.ack_when_done(c.app, first, ok)
+        faust_fixes.ack_when_done(c.app, second, failed)
+        faust_fixes.ack_when_done(c.app, third, late)
+        for e in first + second + third:  # the batches return: take_events() acks them
+            assert faust_fixes._ack_unless_stale(c, e.message) is False
+        assert faust_fixes._new_offset_below_holes(c, ("t", 0)) is None
+        ok.set_result(None)
+        failed.set_exception(RuntimeError("ClickHouse rejected the rows"))
+        await asyncio.sleep(0)  # done callbacks run
+        c.app.consumer_generation_id = 4  # a rebalance before the third one lands
+        late.set_result(None)
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert acked == [10, 11]
+    assert faust_fixes._new_offset_below_holes(c, ("t", 0)) == 12  # not past 12, nor 13
