@@ -351,7 +351,19 @@ def rss(
             [w],
             interval=1.0,
         )
-        time.sleep(3.0)  # timers, results, changelog flushes
+        # The journey stage trails landing (and a busy worker can miss a scrape): wait
+        # until the events it has applied and the customers it holds stop changing.
+        last: list[tuple[float, float] | None] = [None]
+
+        def journeys_settled() -> bool:
+            m = w.metrics()
+            if CUSTOMERS_HELD not in m:
+                return False
+            now = (m[CUSTOMERS_HELD], m.get("touchpath_event_lag_seconds_count", 0.0))
+            done, last[0] = now == last[0], now
+            return done
+
+        wait_for(journeys_settled, timeout, "journey stage settled", [w], interval=3.0)
         m = w.metrics()
         peak = w.peak_rss_mb() or 0.0
         held = int(m.get(CUSTOMERS_HELD, 0))
