@@ -122,27 +122,6 @@ async def process_batch(
         raise
 
 
-def ack_when_done(app: Any, events: list[Any], done: asyncio.Future[Any]) -> None:
-    """Let ``events`` be acked only once ``done`` has succeeded, after their batch returned.
-
-    Their ack at the end of the batch is refused, which leaves holes the commit stays below
-    (:func:`_new_offset_below_holes`); when ``done`` succeeds they are acked then, unless a
-    rebalance came between (they are delivered again). If it fails or is cancelled they are
-    never acked: processed again after a restart.
-    """
-    refuse(events)
-
-    def finish(fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        gen = app.consumer_generation_id
-        for e in events:
-            if e.message.generation_id == gen and app.flow_control.is_active():
-                _original_ack(app.consumer, e.message)
-
-    done.add_done_callback(finish)
-
-
 def _ack_unless_stale(self: Any, message: Any) -> bool:
     app = self.app
     if (_refused and (message.tp, message.offset) in _refused) or (

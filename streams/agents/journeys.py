@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,12 +61,6 @@ _NINF = float("-inf")
 #: A customer's state (one changelog record) above this applies its oldest buffered events
 #: early (:meth:`JourneyStage.bound_buffers`): under the 1 MB default message limit.
 STATE_LIMIT_BYTES = 600_000
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark a background future's outcome as seen (no "never retrieved" warning)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _state_bytes(st: CustomerState) -> int:
@@ -246,65 +239,13 @@ def register(
         now = time.monotonic()
         sources: set[int] = set()
         generation = app.consumer_generation_id
-        # The batch's touchpoints land on the ClickHouse thread while it is identified, its
-        # outputs go out and the next batch is processed; its messages are acked only once
-        # they have landed (ack_when_done). Waiting for the insert instead held every event
-        # and watermark back by it, at each identify hop.
+        # Land the batch's touchpoints first: only then may these messages be acked.
         valid = [e.value for e in batch if e.message.topic == t_valid]
         rows = decode_all(valid, touchpoint_rows, "identify")
-        landings = [asyncio.ensure_future(warehouse.land("touchpoints", rows))] if rows else []
-        try:
-            link_rows = _identify(batch, key_state, events, links, now, sources)
-        except BaseException:
-            for f in landings:
-                f.add_done_callback(_retrieve)  # not acked: processed again
-            raise
-        if link_rows:
-            landings.append(asyncio.ensure_future(warehouse.land("identity_links", link_rows)))
-        landing = asyncio.gather(*landings) if landings else None
-        if not faust_fixes.still_current(app, generation):
-            if landing is not None:
-                landing.add_done_callback(_retrieve)
-            return  # rebalanced meanwhile: not acked, its partitions' owner goes on from here
-        # Progress goes out after the events it covers: downstream applies a watermark
-        # only to what follows it in the partition. Not from a batch a rebalance overtook:
-        # the new owner of its partitions re-reads them and says how far it has got.
-        forward_watermarks(sources, now)
-        # State after the outputs it stands for (streams/producer.py: order of a flush).
-        held_after = 0
-        for key, st in states.items():
-            identity[key.encode()] = orjson.dumps(st.to_json())
-            held_after += len(st.held)
-        metrics.HELD_EVENTS.inc(held_after - held_before)
-        metrics.STATE_KEYS.labels(table="identity").set(len(identity.data))
-        await producer.flush()
-        # One landing in flight at most: while ClickHouse is away identify waits here
-        # (back-pressure) with one batch's rows held, instead of piling them up.
-        previous, in_flight[0] = in_flight[0], None
-        if previous is not None:
-            try:
-                await previous
-            except Exception:  # its batch stays unacked (processed again after a restart)
-                log.exception("identify: an earlier batch's landing failed")
-        if landing is not None:
-            if landing.done():
-                landing.result()  # raises if it failed: the batch is then not acked
-            else:
-                faust_fixes.ack_when_done(app, batch, landing)
-                in_flight[0] = landing
-
-    in_flight: list[asyncio.Future[Any] | None] = [None]
-
-    def _identify(
-        batch: list[Any],
-        key_state: Callable[[str], KeyState],
-        events: _Outbox,
-        links: _Outbox,
-        now: float,
-        sources: set[int],
-    ) -> list[dict[str, Any]]:
-        """Identify a batch's events and links and send the outputs; returns the identity
-        links to land. ``sources`` collects the partitions whose progress it read."""
+        if rows:
+            await warehouse.land("touchpoints", rows)
+            if not faust_fixes.still_current(app, generation):
+                return  # rebalanced while landing: the partitions' owner goes on (unacked)
         link_rows: list[dict[str, Any]] = []
         landed_at = datetime.now(UTC)
         for event in batch:
@@ -347,9 +288,23 @@ def register(
                     else:
                         wms.observe(r, v, now)
                 sources.add(q)
+        if link_rows:
+            await warehouse.land("identity_links", link_rows)
         events.send("items")
         links.send("links")
-        return link_rows
+        # Progress goes out after the events it covers: downstream applies a watermark
+        # only to what follows it in the partition. Not from a batch a rebalance overtook:
+        # the new owner of its partitions re-reads them and says how far it has got.
+        if faust_fixes.still_current(app, generation):
+            forward_watermarks(sources, now)
+        # State after the outputs it stands for (streams/producer.py: order of a flush).
+        held_after = 0
+        for key, st in states.items():
+            identity[key.encode()] = orjson.dumps(st.to_json())
+            held_after += len(st.held)
+        metrics.HELD_EVENTS.inc(held_after - held_before)
+        metrics.STATE_KEYS.labels(table="identity").set(len(identity.data))
+        await producer.flush()
 
     # --- profiles (CRM feed) ---------------------------------------------------------------
     @app.agent(
