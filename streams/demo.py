@@ -205,7 +205,12 @@ def _run_traffic(
                 c = client.counters()
                 n_in = int(c.get("touchpath_events_in_total", 0))
                 dead = int(c.get("touchpath_events_dead_lettered_total", 0))
-                landed = int(c.get("touchpath_sink_rows_total", 0))
+                # the touchpoints and dead letters themselves: rows of the other tables
+                # (journeys, pain points, links) must not stand in for them
+                landed = int(
+                    c.get("touchpath_sink_rows_total{table=touchpoints}", 0)
+                    + c.get("touchpath_sink_rows_total{table=dead_letters}", 0)
+                )
                 elapsed = max(time.monotonic() - started, 1e-6)
                 progress.update(t_sent, completed=sent[0], extra=f"{sent[0] / elapsed:,.0f} ev/s")
                 progress.update(t_in, completed=n_in, extra=f"{dead} dead letters")
