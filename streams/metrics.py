@@ -6,6 +6,9 @@ Metrics are incremented per batch, never per event on the hot path.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -165,3 +168,27 @@ INGEST_PAUSED = Gauge(
     "Raw partitions paused by watermark alignment (ahead of the slowest in event time).",
     registry=REGISTRY,
 )
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, one lock round per bucket hit instead of
+    three per value (a batch's event lags: observing each was 3% of the worker's time).
+
+    Relies on prometheus-client's per-bucket (non-cumulative) ``_buckets`` and ``_sum``,
+    unchanged since 0.4; without them it observes one by one.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            histogram.observe(v)
+        return
+    counts = [0] * len(bounds)
+    for v in values:
+        if v == v:  # NaN fits no bucket in observe() either (its sum still takes it)
+            counts[bisect_left(bounds, v)] += 1  # the first bound >= v, as observe() picks
+    for bucket, n in zip(buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
+    total.inc(sum(values))

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,12 +59,12 @@ _NEVER = float("inf")
 LATE_LOG_LIMIT = 20
 _NINF = float("-inf")
 #: A customer's state (one changelog record) above this applies its oldest buffered events
-#: early (:meth:`JourneyStage.bound_buffers`): under the 1 MB default message limit.
+#: early (:meth:`JourneyStage.persist`): under the 1 MB default message limit.
 STATE_LIMIT_BYTES = 600_000
 
 
-def _state_bytes(st: CustomerState) -> int:
-    return len(orjson.dumps(st.to_json()))
+def _encode_state(st: CustomerState) -> bytes:
+    return orjson.dumps(st.to_json())
 
 
 def _ts(iso: str) -> float:
@@ -224,13 +224,16 @@ def register(
                     held += len(orjson.loads(v).get("h") or ())
             metrics.HELD_EVENTS.set(held)
         states: dict[str, KeyState] = {}
+        #: each touched key's value as read: most touches change nothing (a link already
+        #: known, an event of a known key), and an unchanged state is not written again
+        read: dict[str, bytes | None] = {}
         held_before = 0
 
         def key_state(key: str) -> KeyState:
             nonlocal held_before
             st = states.get(key)
             if st is None:
-                raw = identity.get(key.encode())
+                raw = read[key] = identity.get(key.encode())
                 st = states[key] = KeyState.from_json(orjson.loads(raw)) if raw else KeyState()
                 held_before += len(st.held)
             return st
@@ -300,7 +303,9 @@ def register(
         # State after the outputs it stands for (streams/producer.py: order of a flush).
         held_after = 0
         for key, st in states.items():
-            identity[key.encode()] = orjson.dumps(st.to_json())
+            data = orjson.dumps(st.to_json())
+            if data != read[key]:
+                identity[key.encode()] = data
             held_after += len(st.held)
         metrics.HELD_EVENTS.inc(held_after - held_before)
         metrics.STATE_KEYS.labels(table="identity").set(len(identity.data))
@@ -349,7 +354,7 @@ def register(
         stage.rebuild(p, states)
         ready_parts.add(p)
 
-    async def publish(out: Outputs) -> None:
+    async def publish(out: Outputs, states: list[tuple[str, bytes]]) -> None:
         now = datetime.now(UTC).isoformat()
         for pp in out.pain_points:
             key = customer_key(pp["customer_id"])
@@ -359,8 +364,8 @@ def register(
         for j in out.journeys.values():
             box.add(t_journeys, customer_key(j["customer_id"]), {**j, "updated_at": now})
         box.send("journeys")
-        for j in out.journeys.values():
-            metrics.JOURNEY_UPDATES.labels(outcome=j["outcome"]).inc()
+        for outcome, count in Counter(j["outcome"] for j in out.journeys.values()).items():
+            metrics.JOURNEY_UPDATES.labels(outcome=outcome).inc(count)
         for a in out.care_actions:
             care.add(t_care, customer_key(a["customer_id"]), a)
         care.send("actions")
@@ -369,8 +374,8 @@ def register(
         if out.duplicates:
             metrics.EVENTS_DUPLICATE.inc(out.duplicates)
         # State after the outputs it stands for (streams/producer.py: order of a flush).
-        for st in stage.release():
-            customers[customer_key(st.customer_id)] = orjson.dumps(st.to_json())
+        for cid, data in states:
+            customers[customer_key(cid)] = data
         await producer.flush()
 
     @app.agent(app.topic(t_events, value_serializer="raw", key_serializer="raw"), name="journey")
@@ -424,6 +429,7 @@ def register(
         now = time.monotonic()
         wall = time.time()
         parts: set[int] = set()
+        lags: list[float] = []
         for event in batch:
             p = event.message.partition
             if p not in ready_parts:
@@ -440,7 +446,7 @@ def register(
                     stage.step(item["c"], item["ev"], item["ts"], out)
                     if out.late > late_before:
                         _log_late(p, item["ts"], event.message.offset)
-                    metrics.EVENT_LAG.observe(wall - item["ts"])
+                    lags.append(wall - item["ts"])
             if obj.get("wm") is not None and trusted(event):
                 wms = journey_wms.get(p)
                 if wms is None:
@@ -451,10 +457,11 @@ def register(
                 if read_from[p][1] is None:
                     read_from[p][1] = event.message.offset
                 stage.advance(p, wms.value(now) - lateness, out)
-        early = stage.bound_buffers(out, _state_bytes, STATE_LIMIT_BYTES)
+        metrics.observe_many(metrics.EVENT_LAG, lags)
+        states, early = stage.persist(out, _encode_state, STATE_LIMIT_BYTES)
         if early:
             metrics.EVENTS_RELEASED_EARLY.inc(early)
-        await publish(out)
+        await publish(out, states)
         metrics.STATE_KEYS.labels(table="customers").set(len(customers.data))
         for p in parts:
             metrics.JOURNEY_WAITING.labels(partition=str(p)).set(stage.waiting(p))

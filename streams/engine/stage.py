@@ -161,28 +161,38 @@ class JourneyStage:
                     timers = self._timers[p] = []
                 push(timers, (due, cid))
 
-    def bound_buffers(self, out: Outputs, size: Callable[[CustomerState], int], limit: int) -> int:
-        """Apply, ahead of the watermark, the oldest buffered events of each touched customer
-        whose state ``size`` exceeds ``limit``; returns how many.
+    def persist(
+        self, out: Outputs, encode: Callable[[CustomerState], bytes], limit: int
+    ) -> tuple[list[tuple[str, bytes]], int]:
+        """Encode every state touched since the last call, for the table, and
+        :meth:`release` them; returns ``(customer id, encoded state)`` pairs and how many
+        events were applied early.
 
-        The buffer waits for the slowest input, and a customer with many large events can
-        outgrow what one changelog record may hold (Kafka's 1 MB by default): applying the
-        oldest early costs the order guarantee for that customer only, where failing to
-        write the state would stop the partition.
+        A state whose encoding is over ``limit`` first applies, ahead of the watermark, its
+        oldest buffered events until it fits (or one is left): the buffer waits for the
+        slowest input, and a customer with many large events could outgrow what one
+        changelog record may hold (Kafka's 1 MB by default). That costs the order guarantee
+        for that customer only, where failing to write the state would stop the partition.
+        Each state is encoded once unless it is over the limit.
         """
-        released = 0
+        early = 0
+        encoded: dict[str, bytes] = {}
         for cid in self.touched:
             st = self.states.get(cid)
-            if st is None or len(st.buffer) < 2:
+            if st is None:
                 continue
-            p = self.partition_of(cid)
-            clock = self.clocks.get(p, _NINF)
-            while len(st.buffer) > 1 and size(st) > limit:
-                ts, ev = st.buffer.pop(0)  # its heap entry is skipped when it comes up
-                self.engine.step(st, ev, ts, clock, out)
-                self._schedule(p, cid, st.due)
-                released += 1
-        return released
+            data = encode(st)
+            if len(data) > limit and len(st.buffer) > 1:
+                p = self.partition_of(cid)
+                clock = self.clocks.get(p, _NINF)
+                while len(st.buffer) > 1 and len(data) > limit:
+                    ts, ev = st.buffer.pop(0)  # its heap entry is skipped when it comes up
+                    self.engine.step(st, ev, ts, clock, out)
+                    self._schedule(p, cid, st.due)
+                    early += 1
+                    data = encode(st)
+            encoded[cid] = data
+        return [(st.customer_id, encoded[st.customer_id]) for st in self.release()], early
 
     def flush(self, out: Outputs) -> None:
         """Apply every buffered event (end of a backtest's input: nothing more can come)."""

@@ -187,6 +187,10 @@ def random_events(rng: random.Random, n: int, customers: int = 3) -> list[tuple[
     return out
 
 
+def _encode(st: CustomerState) -> bytes:
+    return orjson.dumps(st.to_json())
+
+
 def drive(
     events: list[tuple[str, dict, float]],
     rng: random.Random,
@@ -227,16 +231,16 @@ def drive(
             else:
                 for p in range(partitions):
                     stage.advance(p, clock, out)
-        for st_ in stage.release():
-            store[st_.customer_id] = orjson.dumps(st_.to_json())
+        for cid, data in stage.persist(out, _encode, 1 << 30)[0]:  # as the live agent
+            store[cid] = data
         log.append([out.pain_points, list(out.journeys.values()), out.care_actions, out.late])
         log.append(out.duplicates)
     out = Outputs()
     stage.flush(out)
     for p in range(partitions):
         stage.advance(p, newest + 60 * D, out)
-    for st_ in stage.release():
-        store[st_.customer_id] = orjson.dumps(st_.to_json())
+    for cid, data in stage.persist(out, _encode, 1 << 30)[0]:
+        store[cid] = data
     log.append([out.pain_points, list(out.journeys.values()), out.care_actions])
     states = sorted((k, orjson.loads(v)) for k, v in store.items()) if roundtrip else None
     return orjson.dumps([log, states])
@@ -399,15 +403,38 @@ def test_a_state_over_the_limit_applies_its_oldest_buffered_events_early() -> No
         }
         stage.step("C1", ev, 1e6 + i, out)
 
-    def size(st: CustomerState) -> int:
-        return len(orjson.dumps(st.to_json()))
+    def encode(st: CustomerState) -> bytes:
+        return orjson.dumps(st.to_json())
 
     st = stage.states["C1"]
-    assert len(st.buffer) == 10 and size(st) > 50_000
-    assert stage.bound_buffers(out, size, 50_000) > 0
-    assert size(st) <= 50_000 and st.buffer  # the newest still wait for the watermark
+    assert len(st.buffer) == 10 and len(encode(st)) > 50_000
+    encoded, early = stage.persist(out, encode, 50_000)
+    assert early > 0
+    assert encoded == [("C1", encode(st))]  # the state as it is after the early ones
+    assert len(encoded[0][1]) <= 50_000 and st.buffer  # the newest still wait for the watermark
     applied = set(st.seen)
     assert applied == {f"e{i}" for i in range(10 - len(st.buffer))}  # oldest first
     stage.advance(p, 2e6, out)  # the watermark passes: the rest, and nothing twice
     assert not st.buffer and set(st.seen) == {f"e{i}" for i in range(10)}
     assert out.duplicates == 0
+
+
+def test_persist_encodes_each_touched_state_once_under_the_limit() -> None:
+    """The size check is the encoding the table gets: not a second serialisation."""
+    stage = JourneyStage(JourneyEngine(BUILTIN), 4, CustomerState)
+    out = Outputs()
+    for i in range(6):
+        ev = {"event_id": f"e{i}", "channel": "web", "type": "page_view",
+              "occurred_at": iso(1e6 + i)}  # fmt: skip
+        stage.step(f"C{i % 3}", ev, 1e6 + i, out)
+    calls: list[str] = []
+
+    def encode(st: CustomerState) -> bytes:
+        calls.append(st.customer_id)
+        return _encode(st)
+
+    want = {c: _encode(stage.states[c]) for c in ("C0", "C1", "C2")}
+    states, early = stage.persist(out, encode, 1 << 20)
+    assert early == 0 and sorted(calls) == ["C0", "C1", "C2"]
+    assert dict(states) == want
+    assert stage.persist(out, encode, 1 << 20) == ([], 0)  # released: nothing touched since

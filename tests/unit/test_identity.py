@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
 
 from schemas.validation import Validator
 from streams.engine.identity import (
@@ -293,3 +295,26 @@ def test_finish_counts_still_held_events_once() -> None:
     r = feed(runner(), [ev("v1", "web", "page_view", 0, {"anonymous_id": "visitor-9"})])
     counts = [r.finish(T0 + D) and r.stats.held_expired for _ in range(3)]
     assert counts == [1, 1, 1]
+
+
+_JSON_SCALARS = hs.one_of(
+    hs.none(), hs.booleans(), hs.integers(-(2**53), 2**53), hs.floats(allow_nan=False,
+    allow_infinity=False), hs.text(max_size=12),
+)  # fmt: skip
+_EVENTS = hs.dictionaries(
+    hs.text(max_size=8),
+    hs.recursive(_JSON_SCALARS, lambda c: hs.lists(c, max_size=3) | hs.dictionaries(
+        hs.text(max_size=6), c, max_size=3), max_leaves=8),
+    max_size=5,
+)  # fmt: skip
+
+
+@given(
+    customer=hs.none() | hs.text(min_size=1, max_size=12),
+    held=hs.lists(hs.tuples(hs.floats(0, 4e9), _EVENTS), max_size=4),
+)
+def test_a_key_state_read_back_encodes_to_the_same_bytes(customer, held) -> None:
+    """identify writes a key's state only when its encoding changed: a state read from the
+    table and left alone must encode to exactly the bytes it was read from."""
+    raw = orjson.dumps(KeyState(customer, held).to_json())
+    assert orjson.dumps(KeyState.from_json(orjson.loads(raw)).to_json()) == raw
