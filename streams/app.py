@@ -22,6 +22,7 @@ from streams.agents import care, journeys, land
 from streams.config import DEV_PII_SECRET, Settings
 from streams.engine_settings import build_engine
 from streams.ingest import Ingestor
+from streams.ingest_process import IngestProcessService
 from streams.producer import WorkerProducer
 from streams.warehouse import Warehouse
 from streams.web import register as register_ops_page
@@ -99,7 +100,8 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     faust_fixes.seal_changelogs_before_recovery(app, producer.seal)
     journeys.register(app, settings, producer, engine, limits, warehouse)
     care.register(app, settings, producer, warehouse)
-    app.service(type("Ingest", (IngestService,), {"settings": settings, "bootstrap": bootstrap}))
+    service = IngestProcessService if settings.ingest_mode == "process" else IngestService
+    app.service(type("Ingest", (service,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
     register_ops_page(app, warehouse)
 

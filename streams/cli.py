@@ -7,7 +7,6 @@ print one clear line and exit non-zero; tracebacks are for bugs.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections import Counter
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.config import Settings
+from streams.runtime import setup_logging
 
 app = typer.Typer(
     name="touchpath",
@@ -47,16 +47,6 @@ def _settings(**overrides: object) -> Settings:
     return s.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level={"warn": "WARNING"}.get(level, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: one line per care delivery is per-event logging
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 @app.command()
 def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Where embedded data lives.")] = None,
@@ -70,7 +60,7 @@ def worker(
     from streams.worker import run_worker
 
     settings = _settings(data_dir=data_dir, web_port=web_port)
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     run_worker(settings)
 
 
@@ -90,7 +80,7 @@ def demo(
     from streams.demo import DemoOptions, run_demo
 
     settings = _settings(data_dir=data_dir)
-    _setup_logging("warn")
+    setup_logging("warn")
     ok = run_demo(
         settings,
         DemoOptions(customers=customers, days=days, duration=duration, seed=seed, keep=keep),
@@ -351,7 +341,7 @@ def replay(
     from replay.commands import ReplayError, ReplayRequest, run_replay_command
 
     settings = _settings()
-    _setup_logging("warn")
+    setup_logging("warn")
     request = ReplayRequest(
         sources=list(sources or []),
         from_clickhouse=from_clickhouse,

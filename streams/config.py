@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     )
 
     # --- ingest / validation ---------------------------------------------------------------
+    ingest_mode: Literal["process", "thread"] = Field(
+        default="process",
+        description="process: ingest (read, validate, route raw records) runs in a child "
+        "process, off the worker's GIL; thread: in a thread of the worker process.",
+    )
     batch_max_events: int = Field(default=500, ge=1, description="Events per micro-batch.")
     journey_cache_customers: int = Field(
         default=10_000,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -188,7 +189,109 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     for v in values:
         if v == v:  # NaN fits no bucket in observe() either (its sum still takes it)
             counts[bisect_left(bounds, v)] += 1  # the first bound >= v, as observe() picks
+    _add_to_buckets(buckets, total, counts, sum(values))
+
+
+def _add_to_buckets(buckets: Sequence[Any], total: Any, counts: Sequence[float], s: float) -> None:
     for bucket, n in zip(buckets, counts, strict=True):
         if n:
             bucket.inc(n)
-    total.inc(sum(values))
+    if s:
+        total.inc(s)
+
+
+# --- metrics of a child process (ingest) -----------------------------------------------------
+#: What ingest updates. With ``ingest_mode=process`` ingest runs in a child process with its
+#: own copy of these; the worker mirrors them into its registry, so ``/metrics`` is one page.
+INGEST_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
+    EVENTS_IN,
+    EVENTS_VALID,
+    EVENTS_DEAD_LETTERED,
+    INGEST_BATCH_SECONDS,
+    INGEST_ERRORS,
+    CONSUMER_LAG,
+    INGEST_PAUSED,
+)
+
+Samples = list[tuple[str, dict[str, str], float]]
+Snapshot = dict[str, Samples]
+
+
+def snapshot(collectors: Sequence[Counter | Gauge | Histogram] = INGEST_METRICS) -> Snapshot:
+    """The current samples of ``collectors``: metric name → ``(sample name, labels, value)``
+    (JSON-able, sent by the child process)."""
+    out: Snapshot = {}
+    for c in collectors:
+        for family in c.collect():
+            out[family.name] = [
+                (s.name, s.labels, s.value)
+                for s in family.samples
+                if not s.name.endswith("_created")  # set by the child's clock: not mirrored
+            ]
+    return out
+
+
+class Mirror:
+    """Applies a child process's :func:`snapshot` s to this process's metrics.
+
+    Counters and histograms move by the difference to the child's previous snapshot (a new
+    child counts from zero: call :meth:`reset`, and nothing counted before is lost); gauges
+    take the child's values, and a labelled gauge the child no longer has (a revoked
+    partition's lag) is removed.
+    """
+
+    def __init__(self, collectors: Sequence[Counter | Gauge | Histogram] = INGEST_METRICS) -> None:
+        self._by_name = {family.name: c for c in collectors for family in c.describe()}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def reset(self) -> None:
+        """The next snapshot comes from a new child (its counters start at zero)."""
+        self._last.clear()
+
+    def apply(self, snap: Snapshot) -> None:
+        for name, samples in snap.items():
+            metric = self._by_name.get(name)
+            if isinstance(metric, Gauge):
+                self._gauge(metric, samples)
+            elif isinstance(metric, Counter):
+                for sname, labels, value in samples:
+                    if sname.endswith("_total") and (d := self._delta(sname, labels, value)) > 0:
+                        (metric.labels(**labels) if labels else metric).inc(d)
+            elif isinstance(metric, Histogram):
+                self._histogram(metric, samples)
+
+    def _delta(self, sname: str, labels: dict[str, str], value: float) -> float:
+        key = (sname, tuple(sorted(labels.items())))
+        before = self._last.get(key, 0.0)
+        self._last[key] = value
+        return value - before
+
+    @staticmethod
+    def _gauge(metric: Gauge, samples: Samples) -> None:
+        names = metric._labelnames
+        if not names:
+            for _, _, value in samples:
+                metric.set(value)
+            return
+        seen = set()
+        for _, labels, value in samples:
+            metric.labels(**labels).set(value)
+            seen.add(tuple(labels[n] for n in names))
+        for values in list(metric._metrics):
+            if values not in seen:
+                metric.remove(*values)
+
+    def _histogram(self, metric: Histogram, samples: Samples) -> None:
+        # unlabelled histograms only (all ingest has); buckets are cumulative in samples
+        cumulative: list[float] = []
+        total = 0.0
+        for sname, labels, value in samples:
+            d = self._delta(sname, labels, value)
+            if sname.endswith("_bucket"):
+                cumulative.append(d)
+            elif sname.endswith("_sum"):
+                total = d
+        counts = [b - a for a, b in zip([0.0, *cumulative[:-1]], cumulative, strict=True)]
+        buckets = getattr(metric, "_buckets", None)
+        if buckets is not None and len(buckets) == len(counts):
+            _add_to_buckets(buckets, metric._sum, counts, total)

@@ -48,8 +48,10 @@ __all__ = [
     "EmbeddedBroker",
     "RuntimeStartError",
     "TopicSpec",
+    "die_with_parent",
     "ensure_topics",
     "free_port",
+    "setup_logging",
     "spawn",
     "stop_process",
     "wait_for_kafka",
@@ -98,6 +100,23 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
                 os._exit(1)
 
     return setup
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (``debug``, ``info``, ``warn``, ``error``)."""
+    logging.basicConfig(
+        level={"warn": "WARNING"}.get(level, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO: one line per care delivery is per-event logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for a child started from this process's main thread: the kernel
+    SIGKILLs it when this process dies, however it dies (``PR_SET_PDEATHSIG``)."""
+    return _child_setup(os.getpid())
 
 
 def _popen(
