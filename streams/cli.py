@@ -56,6 +56,8 @@ def worker(
 
     With no TOUCHPATH_KAFKA_BOOTSTRAP it starts an embedded broker; with no
     TOUCHPATH_CLICKHOUSE_HOST it lands into embedded ClickHouse (chDB) under --data-dir.
+    Ingest runs in a child process that lives and dies with the worker
+    (TOUCHPATH_INGEST_MODE=thread keeps it in the worker process).
     """
     from streams.worker import run_worker
 
