@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_SECONDS = 0.25
 #: How long a stopping child may take to finish its batch and leave the group.
 STOP_TIMEOUT = 20.0
+#: Longest report line the worker reads (bytes).
+REPORT_LIMIT = 1 << 24
 #: Wait before starting a child again after it died.
 RESTART_DELAY = 1.0
 
@@ -110,6 +112,8 @@ class IngestProcessService(mode.Service):
             "streams.ingest_process",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # a report's size grows with the raw partitions owned (their lag): no 64 KiB cap
+            limit=REPORT_LIMIT,
             # its own session: a terminal's Ctrl-C reaches the worker, which stops it
             start_new_session=True,
             preexec_fn=die_with_parent(),
