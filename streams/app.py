@@ -56,11 +56,8 @@ class IngestService(mode.Service):
             if self.ingestor is None:
                 await self.sleep(0.05)
                 continue
-            try:
-                await loop.run_in_executor(self._executor, self.ingestor.run_once)
-            except Exception:  # supervise: count, log, keep going (never die silently)
-                metrics.AGENT_ERRORS.labels(agent="ingest").inc()
-                log.exception("ingest loop error")
+            # supervised: an error is counted and logged, and ingest goes on after a pause
+            if not await loop.run_in_executor(self._executor, self.ingestor.run_guarded):
                 await self.sleep(1.0)
 
     async def on_stop(self) -> None:

@@ -244,6 +244,18 @@ class Ingestor:
         if err is not None:
             self._delivery_errors.append(err)
 
+    def run_guarded(self) -> bool:
+        """:meth:`run_once` for a supervisor (thread or process): an unexpected error is
+        counted (``touchpath_agent_errors_total{agent="ingest"}``) and logged, never raised;
+        returns False then, and the caller waits before the next call."""
+        try:
+            self.run_once()
+        except Exception:
+            metrics.AGENT_ERRORS.labels(agent="ingest").inc()
+            log.exception("ingest loop error")
+            return False
+        return True
+
     def run_once(self, max_messages: int | None = None, timeout: float | None = None) -> int:
         """Process one batch; returns the number of raw records handled (0 when idle)."""
         n = max_messages or max(self.settings.batch_max_events * 4, 500)

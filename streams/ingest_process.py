@@ -51,8 +51,8 @@ RESTART_DELAY = 1.0
 
 
 # --- the child ------------------------------------------------------------------------------
-def _report(out: IO[bytes], errors: int) -> None:
-    out.write(orjson.dumps({"metrics": metrics.snapshot(), "errors": errors}) + b"\n")
+def _report(out: IO[bytes]) -> None:
+    out.write(orjson.dumps(metrics.snapshot()) + b"\n")
     out.flush()
 
 
@@ -74,20 +74,15 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
     ingestor = Ingestor(settings, bootstrap, Validator.from_settings(settings))
     log.info("ingest process %d consuming %s", os.getpid(), ingestor.raw_topic)
-    errors = 0
     reported = 0.0
     while not stopping:
-        try:
-            ingestor.run_once()
-        except Exception:  # supervise: count, log, keep going (never die silently)
-            errors += 1
-            log.exception("ingest loop error")
+        if not ingestor.run_guarded():
             time.sleep(1.0)
         if time.monotonic() - reported >= SNAPSHOT_SECONDS:
-            _report(out, errors)
+            _report(out)
             reported = time.monotonic()
     ingestor.close()
-    _report(out, errors)
+    _report(out)
 
 
 # --- the worker's side ----------------------------------------------------------------------
@@ -100,7 +95,6 @@ class IngestProcessService(mode.Service):
     def __post_init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._mirror = metrics.Mirror()
-        self._errors = 0
 
     async def on_start(self) -> None:
         await self._start_child()
@@ -123,7 +117,6 @@ class IngestProcessService(mode.Service):
         await self._proc.stdin.drain()
         self._proc.stdin.close()
         self._mirror.reset()
-        self._errors = 0
         log.info("ingest runs in process %d", self._proc.pid)
 
     @mode.Service.task
@@ -152,10 +145,7 @@ class IngestProcessService(mode.Service):
         except orjson.JSONDecodeError:
             log.warning("ingest process wrote a line that is not a report: %r", line[:200])
             return
-        self._mirror.apply(report["metrics"])
-        if report["errors"] > self._errors:
-            metrics.AGENT_ERRORS.labels(agent="ingest").inc(report["errors"] - self._errors)
-            self._errors = report["errors"]
+        self._mirror.apply(report)
 
     async def on_stop(self) -> None:
         proc = self._proc

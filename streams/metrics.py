@@ -202,8 +202,10 @@ def _add_to_buckets(buckets: Sequence[Any], total: Any, counts: Sequence[float],
 
 # --- metrics of a child process (ingest) -----------------------------------------------------
 #: What ingest updates. With ``ingest_mode=process`` ingest runs in a child process with its
-#: own copy of these; the worker mirrors them into its registry, so ``/metrics`` is one page.
+#: own copy of these; the worker mirrors them into its registry, so ``/metrics`` is one page
+#: (the child counts only its own errors, ``agent="ingest"``: the deltas add to the worker's).
 INGEST_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
+    AGENT_ERRORS,
     EVENTS_IN,
     EVENTS_VALID,
     EVENTS_DEAD_LETTERED,

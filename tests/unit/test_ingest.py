@@ -8,8 +8,8 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.validation import Validator
-from streams import microbatch
-from streams.ingest import RawRecord, split_batch
+from streams import metrics, microbatch
+from streams.ingest import Ingestor, RawRecord, split_batch
 from streams.partitioning import partition_for
 
 NOW = datetime(2026, 3, 10, tzinfo=UTC)
@@ -100,3 +100,20 @@ def test_dead_letters_never_carry_raw_pii():
 def test_empty_record_is_a_dead_letter_not_a_crash():
     out = split_batch([RawRecord(None, "raw", 0, 0)], Validator(b"k"), partitions=2, now=NOW)
     assert out.dead_by_reason == {"invalid_json": 1}
+
+
+def test_run_guarded_counts_and_logs_an_error_and_never_raises(caplog) -> None:
+    errors = metrics.AGENT_ERRORS.labels(agent="ingest")
+    before = errors._value.get()
+    ingestor = Ingestor.__new__(Ingestor)  # no Kafka: only the supervision is under test
+
+    def broken(*_: object) -> int:
+        raise RuntimeError("broker on fire")
+
+    ingestor.run_once = broken  # type: ignore[method-assign]
+    assert ingestor.run_guarded() is False
+    assert errors._value.get() == before + 1
+    assert "ingest loop error" in caplog.text and "broker on fire" in caplog.text
+    ingestor.run_once = lambda *_: 0  # type: ignore[method-assign]
+    assert ingestor.run_guarded() is True
+    assert errors._value.get() == before + 1
