@@ -134,9 +134,9 @@ def apply_profiles(
     (profiles counted and held as customer state) and ingest has its raw partitions.
     Returns the running worker.
 
-    Waiting for ingest's assignment matters before stopping the worker: measured, a
-    confluent-kafka consumer closed while its JoinGroup is still pending leaves the embedded
-    broker's (Tansu 0.6.0) group stuck — the next worker's ingest is never assigned."""
+    Waiting for ingest's assignment before stopping the worker: a confluent-kafka consumer
+    closed while its JoinGroup is still pending leaves the embedded broker's (Tansu 0.6.0)
+    group stuck; ``Ingestor.close`` avoids that now, and this wait checks ingest is live."""
     w = Worker(pipeline, 0).start()
     w.wait_ready()
     publish_customers(pipeline.bootstrap, pipeline.topic("customers"), customers)

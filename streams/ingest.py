@@ -61,6 +61,9 @@ REPLAY_HEADER = "touchpath-replay"
 HOLD = 0.0
 #: Event-time progress goes to every downstream partition at least this often (seconds).
 KEEPALIVE_SECONDS = 2.0
+#: How long :meth:`Ingestor.close` waits for a pending group join to finish before leaving
+#: (under the worker's 20 s stop timeout for its ingest process).
+JOIN_WAIT_SECONDS = 15.0
 
 
 def replay_mode(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
@@ -211,7 +214,14 @@ class Ingestor:
         self._paused: set[tuple[str, int]] = set()
         #: set by a rebalance; the next :meth:`run_once` resumes every assigned partition
         self._resume_assigned = False
-        self.consumer.subscribe([self.raw_topic], on_assign=self._on_assign)
+        #: between subscribe (or a revoke) and the next assignment a group join is pending
+        self._joined = False
+        self.consumer.subscribe(
+            [self.raw_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     def _count_partitions(self, default: int) -> int:
         try:
@@ -238,7 +248,11 @@ class Ingestor:
         # alignment paused just before would never be read again. Resumed from run_once, not
         # here: re-assigning inside this callback left a restarted worker reading nothing.
         self._resume_assigned = True
+        self._joined = True
         self.raw_partitions = max([self.raw_partitions, *(tp.partition + 1 for tp in partitions)])
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._joined = False  # a rejoin follows (eager protocol)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -470,7 +484,21 @@ class Ingestor:
         for reason, n in result.dead_by_reason.items():
             metrics.EVENTS_DEAD_LETTERED.labels(reason=reason).inc(n)
 
-    def close(self) -> None:
-        """Flush pending output and leave the consumer group cleanly."""
+    def close(self, join_wait: float = JOIN_WAIT_SECONDS) -> None:
+        """Flush pending output and leave the consumer group cleanly.
+
+        A consumer that leaves while its group join is still pending (a worker stopped in
+        its first seconds, or during a rebalance) wedges the group on the embedded broker
+        (Tansu 0.6): no later member is ever assigned a partition
+        (``tests/integration/test_ingest_group.py``). So a pending join is first let
+        finish, for up to ``join_wait`` seconds; what is read meanwhile is not processed
+        and, never committed, is read again by the partitions' next owner."""
         self.producer.flush(10)
+        if not self._joined:
+            log.info("ingest: letting the consumer group join finish before leaving")
+            deadline = time.monotonic() + join_wait
+            while not self._joined and time.monotonic() < deadline:
+                self.consumer.poll(0.1)
+            if not self._joined:
+                log.warning("ingest: group join still pending after %.0f s; leaving", join_wait)
         self.consumer.close()
