@@ -81,6 +81,7 @@ _LIBC: ctypes.CDLL | None = (
 )
 
 _live: dict[int, subprocess.Popen[bytes]] = {}  # pid -> child, in start order
+_stop_signals: dict[int, int] = {}  # pid -> the signal that stops it gracefully, if not SIGTERM
 _live_lock = threading.Lock()
 
 
@@ -181,36 +182,44 @@ def spawn(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     cwd: str | Path | None = None,
+    stop_signal: int = signal.SIGTERM,
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` as a child that can never become an orphan.
 
     On Linux the kernel SIGKILLs the child when this process dies, however it dies
-    (``PR_SET_PDEATHSIG``); on a normal exit an ``atexit`` hook stops it gracefully. The child
-    runs in its own session. Its stdout and stderr go to ``log_path`` (appended) or nowhere.
+    (``PR_SET_PDEATHSIG``); on a normal exit an ``atexit`` hook stops it gracefully (with
+    ``stop_signal``, as :func:`stop_process` does). The child runs in its own session. Its
+    stdout and stderr go to ``log_path`` (appended) or nowhere.
     """
     p = _in_long_lived_thread(lambda: _popen(cmd, env, log_path, cwd))
     with _live_lock:
         _live[p.pid] = p
+        if stop_signal != signal.SIGTERM:
+            _stop_signals[p.pid] = stop_signal
     log.debug("started pid %d: %s", p.pid, " ".join(cmd))
     return p
 
 
 def stop_process(p: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
-    """Stop a child: SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns its exit code."""
+    """Stop a child: SIGTERM (or the ``stop_signal`` it was spawned with), wait up to
+    ``timeout`` s, then SIGKILL. Returns its exit code."""
+    sig = _stop_signals.get(p.pid, signal.SIGTERM)
     try:
         if p.poll() is None:
             # The child leads its own process group: signal the group so helpers it may have
             # started go too. Safe from pid reuse: the child is not reaped yet.
-            _signal_group(p, signal.SIGTERM)
+            _signal_group(p, sig)
             try:
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("pid %d ignored SIGTERM for %.1fs, killing it", p.pid, timeout)
+                name = signal.Signals(sig).name
+                log.warning("pid %d ignored %s for %.1fs, killing it", p.pid, name, timeout)
                 _signal_group(p, signal.SIGKILL)
                 p.wait()
     finally:
         with _live_lock:
             _live.pop(p.pid, None)
+            _stop_signals.pop(p.pid, None)
     return p.returncode
 
 
@@ -510,7 +519,9 @@ class EmbeddedBroker:
                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]  # fmt: skip
         # NO_COLOR: Tansu's tracing output is otherwise full of ANSI escapes.
         env = {**os.environ, "NO_COLOR": "1"}
-        self._proc = spawn(cmd, env=env, log_path=self._log_path)
+        # Tansu 0.6 takes 5 s to exit on SIGTERM and none on SIGINT (its Ctrl-C), measured
+        # with clients still connected: every demo, test session and benchmark phase pays it.
+        self._proc = spawn(cmd, env=env, log_path=self._log_path, stop_signal=signal.SIGINT)
         log.info("embedded Kafka broker pid %d on %s, log %s", self._proc.pid, url, self._log_path)
         last_error = "no answer"
         while True:
@@ -548,7 +559,7 @@ class EmbeddedBroker:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after ``timeout`` s). Idempotent."""
+        """Stop the broker (SIGINT, then SIGKILL after ``timeout`` s). Idempotent."""
         if self._proc is None:
             return
         code = stop_process(self._proc, timeout)

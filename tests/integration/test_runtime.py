@@ -120,10 +120,16 @@ def test_ensure_topics_rejects_zero_partitions(broker: EmbeddedBroker) -> None:
 
 def test_stop_leaves_no_process(tmp_path: Path) -> None:
     b = EmbeddedBroker(log_dir=tmp_path).start()
-    pid = b.pid
-    assert pid is not None and pid_alive(pid)
+    pid, proc = b.pid, b._proc
+    assert pid is not None and proc is not None and pid_alive(pid)
     wait_for_kafka(b.bootstrap, timeout=2)
-    b.stop()
+    ensure_topics(b.bootstrap, {"stop-test": 1})
+    client = Producer({"bootstrap.servers": b.bootstrap})  # a client still connected
+    client.produce("stop-test", b"x")
+    client.flush(5)
+    # Tansu exits at once on SIGINT; on SIGTERM it lingers 5 s and would be killed here.
+    b.stop(timeout=3)
+    assert proc.returncode == 0, f"broker did not exit by itself: {proc.returncode}"
     assert not pid_alive(pid)
     assert pid not in runtime._live
     assert not b.running
