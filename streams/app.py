@@ -66,6 +66,16 @@ class IngestService(mode.Service):
         self._executor.shutdown(wait=False)
 
 
+def ingest_service(settings: Settings, bootstrap: str) -> mode.Service:
+    """Ingest as a service of the worker (``TOUCHPATH_INGEST_MODE``: a child process or a
+    thread). It is handed to ``faust.Worker`` beside the app, not declared with
+    ``app.service``: Faust starts those only after its group join and table recovery, and
+    ingest needs neither; started first, its own group join (~5 s on the embedded broker)
+    overlaps Faust's instead of following it."""
+    service = IngestProcessService if settings.ingest_mode == "process" else IngestService
+    return type("Ingest", (service,), {"settings": settings, "bootstrap": bootstrap})()
+
+
 def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faust.App:
     """Build the worker's Faust app against ``bootstrap``, landing through ``warehouse``."""
     faust_fixes.apply()  # no loss of messages fetched before a rebalance (see the module)
@@ -97,8 +107,6 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
     faust_fixes.seal_changelogs_before_recovery(app, producer.seal)
     journeys.register(app, settings, producer, engine, limits, warehouse)
     care.register(app, settings, producer, warehouse)
-    service = IngestProcessService if settings.ingest_mode == "process" else IngestService
-    app.service(type("Ingest", (service,), {"settings": settings, "bootstrap": bootstrap}))
     _register_web(app, warehouse)
     register_ops_page(app, warehouse)
 

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 import faust
 
 from streams import faults
-from streams.app import create_app
+from streams.app import create_app, ingest_service
 from streams.config import Settings
 from streams.engine_settings import care, rules
 from streams.runtime import EmbeddedBroker, ensure_topics, wait_for_kafka
@@ -61,7 +61,9 @@ def run_worker(settings: Settings) -> None:
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
         app = create_app(settings, bootstrap, warehouse)
         app.conf.datadir = settings.data_dir / "faust"  # type: ignore[misc]
-        worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+        # ingest starts before the app (faust.Worker starts its services first)
+        ingest = ingest_service(settings, bootstrap)
+        worker = faust.Worker(app, ingest, loglevel=settings.log_level, quiet=True)
         log.info(
             "worker up: kafka %s, web http://%s:%d", bootstrap, settings.web_host, settings.web_port
         )
