@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from replay.sort import ExternalSorter, SortItem
 from replay.sources import FileSet, TableSource, expand, iter_lines
@@ -76,6 +77,9 @@ class BacktestResult:
     duplicates: int = 0
     held_unidentified: int = 0
     spilled_runs: int = 0
+    #: CRM profiles skipped as invalid (as the live worker skips them), with examples
+    invalid_profiles: int = 0
+    invalid_profile_examples: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,16 +90,32 @@ class Variant:
     care: CareEngine | None = None
 
 
-def read_profiles(path: Path, validator: Validator) -> list[dict[str, Any]]:
-    """CRM profiles (JSONL), PII hashed with the same key as events."""
+def read_profiles(
+    path: Path, validator: Validator, on_invalid: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """CRM profiles (JSONL), PII hashed with the same key as events. An invalid line is
+    skipped, as the live worker's ``profiles`` agent skips it, and described
+    (``file:line: error``) to ``on_invalid``."""
     out = []
     for lineno, raw in iter_lines(path):
         try:
             p = CustomerProfile.model_validate_json(raw, context={"hasher": validator.hasher})
         except ValueError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid customer profile: {exc}") from None
+            if on_invalid is not None:
+                on_invalid(f"{path}:{lineno}: {_first_error(exc)}")
+            continue
         out.append(p.model_dump(mode="json"))
     return out
+
+
+def _first_error(exc: ValueError) -> str:
+    """One line for a profile that failed validation (no raw values: they may be PII)."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"{where}: {err['msg']}{more}"
+    return str(exc).splitlines()[0]
 
 
 def collect_events(
@@ -233,7 +253,13 @@ def _run_variants(
 ) -> list[BacktestResult]:
     shared = BacktestResult([], [], 0)
     now = datetime.now(UTC)
-    profiles = read_profiles(customers_path, validator) if customers_path else []
+
+    def invalid_profile(where: str) -> None:
+        shared.invalid_profiles += 1
+        if len(shared.invalid_profile_examples) < 5:
+            shared.invalid_profile_examples.append(where)
+
+    profiles = read_profiles(customers_path, validator, invalid_profile) if customers_path else []
     with ExternalSorter(run_size, tmp_dir) as sorter:
         if phase is not None:
             phase("reading")
@@ -302,6 +328,8 @@ def _result(
         invalid=Counter(shared.invalid),
         invalid_examples=list(shared.invalid_examples),
         spilled_runs=spilled,
+        invalid_profiles=shared.invalid_profiles,
+        invalid_profile_examples=list(shared.invalid_profile_examples),
     )
     result.pain_points = sorted(
         out.pain_points, key=lambda p: (p["detected_at"], p["pain_point_id"])

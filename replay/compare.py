@@ -217,8 +217,15 @@ def render_diff(diff: dict[str, Any], console: Console) -> None:
     )
     console.print(t)
 
-    t = Table(title="care actions (final decision per action)", title_justify="left")
-    for col in ("rule / sequence", "sent base", "sent other", "added", "removed", "status"):
+    t = Table(
+        title="care actions (final decision per action)",
+        title_justify="left",
+        caption="sent: would be delivered · added / removed: actions (whatever their "
+        "decision) in one run only · decided otherwise: same action, another decision",
+        caption_justify="left",
+    )
+    cols = ("rule / sequence", "sent base", "sent other", "added", "removed", "decided otherwise")
+    for col in cols:
         t.add_column(col, justify="left" if col == "rule / sequence" else "right")
     for g, r in ca["by_group"].items():
         changed = r["added"] or r["removed"] or r["status_changed"]

@@ -93,7 +93,7 @@ NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 #: Identifier kinds from strongest to weakest: the identity key of an event is the first
-#: one it carries (design.md, Identity).
+#: one it carries (docs/design.md, Identity).
 IDENTIFIER_STRENGTH = ("customer_id", "loyalty_id", "email_hash", "phone_hash", "anonymous_id")
 
 

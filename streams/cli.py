@@ -24,7 +24,9 @@ from streams.runtime import setup_logging
 
 app = typer.Typer(
     name="touchpath",
-    help="Customer-experience event streaming: touchpoints → journeys → pain points → care.",
+    help="Customer-experience event streaming: touchpoints → journeys → pain points → care.\n\n"
+    "Settings are TOUCHPATH_* environment variables (or a .env file); README.md lists them. "
+    "Start with: touchpath demo",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -35,6 +37,19 @@ out = Console()
 
 class CliError(Exception):
     """An expected failure: printed as one line, exit code 2."""
+
+
+def _out_dir(path: Path, option: str = "--out") -> Path:
+    """``path`` created if missing; one clear line now if it cannot be written, rather
+    than a traceback after the work is done."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".touchpath-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"{option} {path}: cannot write there ({exc.strerror})") from None
+    return path
 
 
 def _settings(**overrides: object) -> Settings:
@@ -49,15 +64,32 @@ def _settings(**overrides: object) -> Settings:
 
 @app.command()
 def worker(
-    data_dir: Annotated[Path | None, typer.Option(help="Where embedded data lives.")] = None,
-    web_port: Annotated[int | None, typer.Option(help="Port of /metrics, /health, /api.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where embedded data lives (chDB, logs). "
+            "[default: TOUCHPATH_DATA_DIR or .touchpath]"
+        ),
+    ] = None,
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port of /metrics, /health, /ready, /api, /dashboard. "
+            "[default: TOUCHPATH_WEB_PORT or 6066]",
+        ),
+    ] = None,
 ) -> None:
     """Run the processing worker against the configured Kafka and ClickHouse.
 
     With no TOUCHPATH_KAFKA_BOOTSTRAP it starts an embedded broker; with no
     TOUCHPATH_CLICKHOUSE_HOST it lands into embedded ClickHouse (chDB) under --data-dir.
     Ingest runs in a child process that lives and dies with the worker
-    (TOUCHPATH_INGEST_MODE=thread keeps it in the worker process).
+    (TOUCHPATH_INGEST_MODE=thread keeps it in the worker process). Every setting is a
+    TOUCHPATH_* environment variable (README, Configuration). Stop with Ctrl-C or SIGTERM.
+
+    Example: TOUCHPATH_KAFKA_BOOTSTRAP=kafka:9092 touchpath worker --web-port 6066
     """
     from streams.worker import run_worker
 
@@ -68,17 +100,32 @@ def worker(
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="Simulated customers.")] = 2000,
-    days: Annotated[int, typer.Option(help="Simulated days of history.")] = 30,
+    customers: Annotated[int, typer.Option(min=1, help="Simulated customers.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days of history.")] = 30,
     duration: Annotated[
         float,
-        typer.Option(help="Seconds over which to send the traffic (0 = as fast as possible)."),
+        typer.Option(
+            min=0, help="Seconds over which to send the traffic (0 = as fast as possible)."
+        ),
     ] = 20.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
     keep: Annotated[bool, typer.Option(help="Keep everything running after the summary.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Demo data directory.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Base directory; the demo uses DATA_DIR/demo, emptied at the start of each "
+            "run. [default: TOUCHPATH_DATA_DIR or .touchpath]"
+        ),
+    ] = None,
 ) -> None:
-    """End to end on the embedded default: broker, worker, simulator, summary from ClickHouse."""
+    """End to end on the embedded default: broker, worker, simulator, summary from ClickHouse.
+
+    Starts a local broker and a worker, sends the simulator's traffic, waits until it has
+    landed and compares the pain points found with the injected ground truth. The ops page
+    and /metrics are served while it runs (--keep: until Ctrl-C).
+
+    Example: touchpath demo --customers 500 --days 7 --duration 0
+    """
     from streams.demo import DemoOptions, run_demo
 
     settings = _settings(data_dir=data_dir)
@@ -96,24 +143,34 @@ def simulate(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for the generated files.")
     ] = Path("out/sim"),
-    customers: Annotated[int, typer.Option(help="Number of customers.")] = 2000,
-    days: Annotated[int, typer.Option(help="Days of history.")] = 30,
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 7,
     to_kafka: Annotated[
         bool, typer.Option(help="Also produce the records to the raw topic.")
     ] = False,
     rate: Annotated[
-        float | None, typer.Option(help="With --to-kafka: events per second (default: max).")
+        float | None,
+        typer.Option(
+            min=0.001, help="With --to-kafka: events per second (default: as fast as possible)."
+        ),
     ] = None,
 ) -> None:
     """Generate synthetic multi-channel journeys with injected pain points and ground truth.
 
-    Writes events.jsonl.gz, customers.jsonl, ground_truth.jsonl and manifest.json.
+    Writes events.jsonl.gz (the raw producer format, ~2% malformed on purpose),
+    customers.jsonl (the CRM feed), ground_truth.jsonl and manifest.json. --to-kafka also
+    produces the events to the raw topic of TOUCHPATH_KAFKA_BOOTSTRAP.
+
+    Example: touchpath simulate --out out/sim --customers 500 --days 7
     """
     from streams.simulator import SimConfig, publish, write_outputs
     from streams.simulator import simulate as run_sim
 
     settings = _settings()
+    if to_kafka and settings.kafka_bootstrap is None:
+        raise CliError("--to-kafka needs TOUCHPATH_KAFKA_BOOTSTRAP (nothing was written)")
+    _out_dir(out_dir)
     result = run_sim(SimConfig(customers=customers, days=days, seed=seed))
     paths = write_outputs(result, out_dir)
     m = result.manifest
@@ -124,9 +181,7 @@ def simulate(
     )
     for p in paths.values():
         out.print(f"  {p}")
-    if to_kafka:
-        if settings.kafka_bootstrap is None:
-            raise CliError("--to-kafka needs TOUCHPATH_KAFKA_BOOTSTRAP")
+    if to_kafka and settings.kafka_bootstrap is not None:
         from streams.runtime import wait_for_kafka
 
         wait_for_kafka(settings.kafka_bootstrap, settings.kafka_client_config())
@@ -143,10 +198,21 @@ def simulate(
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="JSONL or JSONL.gz files (or directories).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    examples: Annotated[int, typer.Option(help="Invalid examples to show.")] = 5,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print only {"valid": n, "invalid": n, "reasons": {reason: n}}.'
+        ),
+    ] = False,
+    examples: Annotated[int, typer.Option(min=0, help="Invalid examples to show.")] = 5,
 ) -> None:
-    """Validate touchpoint logs exactly as ingest does. Exit 1 if any line is invalid."""
+    """Validate touchpoint logs exactly as ingest does. Exit 1 if any line is invalid.
+
+    Each invalid line is shown as file:line with its reason code (the dead-letter reasons).
+    A directory with no .jsonl/.jsonl.gz file in it is an error (exit 2).
+
+    Example: touchpath validate out/sim/events.jsonl.gz
+    """
     from replay.sources import expand, iter_lines
     from schemas.validation import Rejection, Validator
 
@@ -154,7 +220,10 @@ def validate(
     validator = Validator.from_settings(settings)
     now = datetime.now(UTC)
     valid, reasons, shown = 0, Counter[str](), []
-    for path in expand(files):
+    paths = expand(files)
+    if not paths:
+        raise CliError(f"no .jsonl or .jsonl.gz files in {', '.join(map(str, files))}")
+    for path in paths:
         if not path.exists():
             raise CliError(f"no such file: {path}")
         for lineno, raw in iter_lines(path):
@@ -188,10 +257,18 @@ def validate(
 @app.command()
 def backtest(
     events: Annotated[
-        list[Path] | None, typer.Argument(help="Event logs: JSONL/JSONL.gz files, dirs, globs.")
+        list[Path] | None,
+        typer.Argument(
+            help="Event logs: JSONL/JSONL.gz files, dirs, globs (required unless "
+            "--from-clickhouse)."
+        ),
     ] = None,
     customers: Annotated[
-        Path | None, typer.Option(help="CRM profiles (customers.jsonl) to link identities.")
+        Path | None,
+        typer.Option(
+            help="CRM profiles (customers.jsonl): the identity links the live worker gets "
+            "from its CRM feed. Without them, events that name no customer_id stay unidentified."
+        ),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the results.")] = Path(
         "out/backtest"
@@ -204,10 +281,17 @@ def backtest(
     ] = None,
     until: Annotated[
         datetime | None,
-        typer.Option(help="Advance the clock to this time at the end (fires later deadlines)."),
+        typer.Option(
+            help="Advance the clock to this time at the end (fires later deadlines). "
+            "ISO 8601, e.g. 2026-03-31T00:00:00+00:00; without an offset: UTC."
+        ),
     ] = None,
     from_clickhouse: Annotated[
-        bool, typer.Option(help="Read the landed touchpoints table (by --from/--to).")
+        bool,
+        typer.Option(
+            help="Read the landed touchpoints table (by --from/--to). Embedded ClickHouse "
+            "(chDB) is one process per directory: stop the worker first."
+        ),
     ] = False,
     start: Annotated[
         str | None, typer.Option("--from", help="With --from-clickhouse: events at/after (ISO).")
@@ -216,7 +300,11 @@ def backtest(
         str | None, typer.Option("--to", help="With --from-clickhouse: events before (ISO).")
     ] = None,
     compare: Annotated[
-        Path | None, typer.Option(help="Also run these rules; write the diff (diff.json).")
+        Path | None,
+        typer.Option(
+            help="Also run these rules over the same input; print the diff and write "
+            "diff.json and compare/."
+        ),
     ] = None,
     compare_policy: Annotated[
         Path | None, typer.Option(help="Also run this care policy; write the diff (diff.json).")
@@ -231,6 +319,10 @@ def backtest(
     input, same bytes; a care action "sent" here means "would be delivered") and prints a
     summary. The clock ends where the events leave it (last event time minus the
     allowed lateness, as live): deadlines after it do not fire unless --until is given.
+    Invalid event lines and CRM profiles are skipped and counted, as the live worker does.
+
+    Example: touchpath backtest out/sim/events.jsonl.gz --customers out/sim/customers.jsonl
+    --compare my_rules.yaml
     """
     from replay.backtest import Variant, backtest_variants, write_jsonl
     from replay.commands import ReplayError, backtest_input, compare_variant, write_compare
@@ -250,6 +342,7 @@ def backtest(
     for p in [*events, *([customers] if customers else [])]:
         if not p.exists():
             raise CliError(f"no such file: {p}")
+    _out_dir(out_dir)
     if until is not None and until.tzinfo is None:
         until = until.replace(tzinfo=UTC)
     from rich.progress import Progress
@@ -289,9 +382,22 @@ def backtest(
     t.add_row("care decisions", str(len(result.care_actions)))
     for status, count in sorted(Counter(a["status"] for a in result.care_actions).items()):
         t.add_row(f"  {status}", str(count))
+    if customers is not None:
+        t.add_row("invalid CRM profiles (skipped)", str(result.invalid_profiles))
     out.print(t)
     for example in result.invalid_examples:
         out.print(f"  [yellow]invalid[/] {example}", highlight=False, soft_wrap=True)
+    for example in result.invalid_profile_examples:
+        out.print(f"  [yellow]invalid profile[/] {example}", highlight=False, soft_wrap=True)
+    if result.events == 0:
+        console.print("[yellow]warning:[/] no valid event was read", highlight=False)
+    elif customers is None and result.held_unidentified:
+        console.print(
+            f"[yellow]note:[/] {result.held_unidentified} events were never identified: "
+            "pass --customers (the CRM feed) to link identities as the live worker does",
+            highlight=False,
+            soft_wrap=True,
+        )
     if others:
         write_compare(out_dir, result, others[0], settings, compare, compare_policy, out)
 
@@ -320,7 +426,8 @@ def replay(
         list[str] | None, typer.Option(help="Only this channel (repeatable).")
     ] = None,
     customer: Annotated[
-        list[str] | None, typer.Option(help="Only this identifiers.customer_id (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only records whose identifiers.customer_id is this (repeatable)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Send at most N records.")] = None,
     resume: Annotated[
@@ -339,6 +446,8 @@ def replay(
     Records carry the header touchpath-replay: 1 (care actions recorded, not delivered)
     unless --live-actions. Bad records go on to the worker's dead-letter path. Ctrl-C
     flushes, saves the acknowledged position and exits 130; --resume continues from it.
+
+    Example: touchpath replay 'logs/*.jsonl.gz' --speed 60x --from 2026-03-01
     """
     from replay.commands import ReplayError, ReplayRequest, run_replay_command
 
@@ -375,6 +484,7 @@ def schemas(
     """Export JSON Schemas of the wire formats so producers can validate on their side."""
     from schemas.export import export
 
+    _out_dir(out_dir)
     for p in export(out_dir):
         out.print(str(p))
 

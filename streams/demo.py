@@ -255,7 +255,7 @@ def _summary(
         row(f"  dead: {reason}", n, by_reason.get(reason, 0))
     for r in by_channel:
         row(f"  channel: {r['channel']}", None, int(r["events"]))
-    row("identified customers", None, int(totals["customers"]))
+    row("customers named by customer_id", None, int(totals["customers"]))
     found = client.query("pain_point_ids")
     truth = {(g["customer_id"], g["rule_id"], g["anchor_event_id"]) for g in ground_truth}
     got = {(r["customer_id"], r["rule_id"], r["anchor_event_id"]) for r in found}

@@ -59,7 +59,7 @@ sent it). :func:`_short_fetch_wait` makes it :data:`FETCH_MAX_WAIT_MS`.
 
 Last, Faust recovers a table by reading its changelog up to the high watermark, which the
 embedded broker reports short of the end unless the partition ends in a single-record batch
-(design.md). Every flush ends in such a marker, but a worker killed between a flush's state
+(docs/design.md). Every flush ends in such a marker, but a worker killed between a flush's state
 records and its markers leaves a partition without one: the next recovery stopped short and
 lost state (found by holding a worker there, streams/faults.py). Recovery therefore first
 seals the partitions it is about to read (:func:`seal_changelogs_before_recovery`).

@@ -2,7 +2,7 @@
 
 Outside producers write ``touchpoints.raw`` one event per message. Faust would pay ~100 µs
 per message, so ingest reads the raw topic with confluent-kafka in batches instead
-(design.md, Throughput design), and per batch:
+(docs/design.md, Throughput design), and per batch:
 
 1. validates every record and hashes its PII (:class:`schemas.validation.Validator`),
 2. groups valid events by the partition of their identity key (Faust's murmur2) and sends
@@ -371,7 +371,7 @@ class Ingestor:
         """Consumer lag per raw partition (high watermark - position), every few seconds.
 
         On the embedded broker the high watermark is the last batch's base offset + 1
-        (design.md), so the lag there under-reads by up to one producer batch.
+        (docs/design.md), so the lag there under-reads by up to one producer batch.
         """
         now = time.monotonic()
         if now - self._lag_at < every:

@@ -1,7 +1,7 @@
 """Micro-batch messages: one Kafka message carries many events of one partition.
 
 Faust pays ~100 µs per Kafka message whatever the agent does, so internal topics carry
-batches (design.md, Throughput design). The codec is orjson; each item keeps the event
+batches (docs/design.md, Throughput design). The codec is orjson; each item keeps the event
 and where it came from, so landing stays idempotent and traceable.
 """
 

@@ -1,6 +1,6 @@
 """One confluent-kafka producer per worker for agent outputs and table changelogs.
 
-Faust's own producer path costs ~70–80 µs per record (design.md, Throughput design); agents
+Faust's own producer path costs ~70–80 µs per record (docs/design.md, Throughput design); agents
 here send micro-batches and changelog records through librdkafka instead, and flush them
 before their source messages are acked (so before Faust commits the source offsets).
 

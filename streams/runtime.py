@@ -5,7 +5,7 @@ The embedded broker is Tansu (a Kafka-protocol broker written in Rust) as shippe
 Kafka cluster (``ensure_topics``, ``wait_for_kafka``), so the worker uses the same calls in
 both modes.
 
-Known Tansu 0.6.0 behaviour (measured, see design.md):
+Known Tansu 0.6.0 behaviour (measured, see docs/design.md):
 
 * A partition's high watermark is its last record batch's base offset + 1, so never decide
   "fully read" from the high watermark alone.

@@ -63,7 +63,7 @@ class SourceWatermarks:
 
         Not at once with an ``end_grace``: a producer writes partitions in separate
         batches, so a partition read to its end can still receive records older than the
-        others' progress, and the embedded broker's short high watermark (design.md) can
+        others' progress, and the embedded broker's short high watermark (docs/design.md) can
         report an end with records still to come; for ``end_grace`` seconds it keeps
         holding the watermark at its own progress."""
         if self.end_grace is None:

@@ -2,7 +2,7 @@
 sequences) and the pure engine that decides, per action, whether it goes out now, waits for
 the end of quiet hours, or is suppressed and why.
 
-Guards, in order (design.md, "Care actions"): duplicate, consent, opt-out, cooldown per
+Guards, in order (docs/design.md, "Care actions"): duplicate, consent, opt-out, cooldown per
 rule, frequency caps per customer (day, then week), quiet hours in the customer's time zone
 (hold, then send). A held action reserves nothing: every guard but the duplicate check runs
 again when it is released.

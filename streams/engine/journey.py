@@ -86,7 +86,7 @@ def iso(ts: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Tunables of the journey engine (defaults from design.md)."""
+    """Tunables of the journey engine (defaults from docs/design.md)."""
 
     lateness_seconds: float = 24 * 3600.0
     inactivity_gap_seconds: float = 72 * 3600.0

@@ -1,7 +1,7 @@
 """Pain-point rule definitions: a YAML rule library, validated with pydantic, compiled to
 plain closures for the hot path.
 
-Four kinds (design.md, "Pain-point rules"):
+Four kinds (docs/design.md, "Pain-point rules"):
 
 * ``threshold`` - one event matches ``match``;
 * ``count``     - at least ``min_count`` events matching ``match`` within ``within``;

@@ -9,7 +9,7 @@
 * An SMS survey reply with a 0–10 ``score`` moves the journey by its distance from the
   neutral value: a 10 lifts it, a 2 drops it.
 
-Satisfaction = experience − expectation, weighted by importance (design.md).
+Satisfaction = experience − expectation, weighted by importance (docs/design.md).
 """
 
 from __future__ import annotations

@@ -158,6 +158,11 @@ def test_validate_clean_file_exits_zero(tmp_path):
         ({}, ["validate", "/nonexistent.jsonl"], "no such file"),
         ({"TOUCHPATH_RULES_FILE": "BAD_RULES"}, ["worker"], "rule 'long_queue'"),
         ({}, ["backtest", "/dev/null", "--rules", "BAD_RULES"], "rule 'long_queue'"),
+        ({}, ["backtest", "/dev/null", "--out", "/dev/null/out"], "cannot write there"),
+        ({}, ["simulate", "--days", "1", "--out", "/dev/null/out"], "cannot write there"),
+        ({}, ["schemas", "--out", "/dev/null/out"], "cannot write there"),
+        ({}, ["simulate", "--to-kafka", "--out", "NOT_WRITTEN"], "nothing was written"),
+        ({}, ["validate", "EMPTY_DIR"], "no .jsonl or .jsonl.gz files"),
     ],
 )
 def test_expected_failures_are_one_line_and_fast(tmp_path, env, args, needle):
@@ -167,8 +172,14 @@ def test_expected_failures_are_one_line_and_fast(tmp_path, env, args, needle):
         "    match: {channel: call_centre, type: answered,"
         " where: [{field: wait_seconds, op: greater, value: 300}]}\n"
     )
-    env = {k: str(bad_rules) if v == "BAD_RULES" else v for k, v in env.items()}
-    args = [str(bad_rules) if a == "BAD_RULES" else a for a in args]
+    (tmp_path / "empty").mkdir()
+    paths = {
+        "BAD_RULES": str(bad_rules),
+        "EMPTY_DIR": str(tmp_path / "empty"),
+        "NOT_WRITTEN": str(tmp_path / "sim"),
+    }
+    env = {k: paths.get(v, v) for k, v in env.items()}
+    args = [paths.get(a, a) for a in args]
     t0 = time.monotonic()
     r = subprocess.run(
         [*CLI, *args], env=_env(tmp_path, **env), capture_output=True, text=True, timeout=30
@@ -178,6 +189,27 @@ def test_expected_failures_are_one_line_and_fast(tmp_path, env, args, needle):
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert time.monotonic() - t0 < 15
+    assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--customers", "-5"],
+        ["simulate", "--days", "0"],
+        ["demo", "--customers", "0"],
+        ["demo", "--duration", "-1"],
+        ["simulate", "--rate", "-5"],
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(tmp_path, args):
+    r = subprocess.run(
+        [*CLI, *args], env=_env(tmp_path), capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    assert "Invalid value for" in r.stderr and "greater than" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "data").exists()  # the demo's directory was not touched
 
 
 def test_schemas_command_writes_json_schemas(tmp_path):

@@ -51,7 +51,7 @@ def test_kill_9_mid_stream_then_restart_recovers_state_exactly(worker_factory, t
     an uninterrupted run (the backtest), and every touchpoint lands exactly once. Killed
     once while state is being written, once held (streams/faults.py) inside a flush whose
     state records are out but whose changelog markers are not: the embedded broker's high
-    watermark is then short of the changelog's end (design.md)."""
+    watermark is then short of the changelog's end (docs/design.md)."""
     sim = simulate(SimConfig(customers=600, days=30, seed=22))
     want = {p["pain_point_id"] for p in expected(tmp_path, sim).pain_points}
     first = worker_factory(**({"TOUCHPATH_FAULT_HOLD_AT": hold} if hold else {}))

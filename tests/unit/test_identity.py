@@ -1,4 +1,4 @@
-"""Identity resolution: which customer an event belongs to (design.md, Identity).
+"""Identity resolution: which customer an event belongs to (docs/design.md, Identity).
 
 Events go through :class:`Runner` (identity, then journeys and rules) in the validated wire
 format; the assertions look at what reaches the customers' journeys and pain points.

@@ -186,3 +186,30 @@ def test_cli_compare_writes_the_diff_and_keeps_the_base_outputs(
     removed = {r for r, v in diff["pain_points"]["by_rule"].items() if v["removed"]}
     assert removed == {"opt_out", "checkout_failed"} and diff["pain_points"]["added"] == 0
     assert "customers affected" in cmp.output
+
+
+def test_invalid_crm_profiles_are_skipped_and_counted_like_live(tmp_path: Path) -> None:
+    """The live worker skips an invalid CRM profile (counted, logged); so does the backtest:
+    the other profiles still link, and each bad line is named by file:line."""
+    d = sim_dir(tmp_path)
+    lines = (d / "customers.jsonl").read_bytes().splitlines()
+    bad = tmp_path / "customers.jsonl"
+    bad.write_bytes(b"\n".join([lines[0], b"not json", b'{"customer_id": 5}', *lines[1:]]) + b"\n")
+    base = run(d)
+    got = backtest(
+        [d / "events.jsonl.gz"],
+        builtin_rules(),
+        validator=VALIDATOR,
+        customers_path=bad,
+        care=CareEngine(load_policy()),
+    )
+    assert got.invalid_profiles == 2
+    assert [e.split(": ", 1)[0] for e in got.invalid_profile_examples] == [
+        f"{bad}:2",
+        f"{bad}:3",
+    ]
+    assert all("\n" not in e for e in got.invalid_profile_examples)
+    assert base.invalid_profiles == 0
+    assert [p["pain_point_id"] for p in got.pain_points] == [
+        p["pain_point_id"] for p in base.pain_points
+    ]
