@@ -47,7 +47,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from streams.engine.ids import uuid5_str
-from streams.engine.rules import Matcher, parse_duration
+from streams.engine.rules import Matcher, describe_errors, parse_duration
 
 # The rule loader's SafeLoader subclass that rejects duplicate mapping keys: a policy file
 # must not silently keep the last of two `cooldown:` lines either.
@@ -585,46 +585,6 @@ class CarePolicy(_Strict):
 
 # -- loading ---------------------------------------------------------------------------------
 
-_PYDANTIC_MESSAGES = {
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "dict_type": "must be a mapping",
-    "list_type": "must be a list",
-    "string_type": "must be a string",
-    "missing": "required",
-}
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if part in _TAGS:
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    e = errors[0]
-    where = _loc(tuple(e["loc"]))
-    msg = str(e["msg"])
-    if e["type"] not in ("care_error", "rule_error"):
-        msg = _PYDANTIC_MESSAGES.get(e["type"]) or msg[:1].lower() + msg[1:]
-        if e["type"] != "missing":
-            msg += f", got {_show(e.get('input'))}"
-    elif msg[:1] in ("[", ".") and ": " in msg:
-        # a sub-path inside the field: "care[3].rule: ..." rather than "care: [3].rule: ..."
-        sub, _, msg = msg.partition(": ")
-        where = (where + sub) if where else sub.lstrip(".")
-    text = f"{where}: {msg}" if where else msg
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return " ".join(text.split())  # one line, whatever the input held
-
 
 def _parse(text: str, name: str) -> CarePolicy:
     try:
@@ -642,7 +602,8 @@ def _parse(text: str, name: str) -> CarePolicy:
     try:
         policy = CarePolicy.model_validate(doc)
     except ValidationError as exc:
-        raise CarePolicyError(f"{name}: {_first_error(exc)}") from None
+        what = describe_errors(exc, _TAGS, ("care_error", "rule_error"))
+        raise CarePolicyError(f"{name}: {what}") from None
     log.debug(
         "care policy %s: %d rules, %d sequences", name, len(policy.care), len(policy.sequences)
     )

@@ -740,10 +740,10 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
+def _loc(loc: tuple[int | str, ...], tags: frozenset[str] = _TAGS) -> str:
     out = ""
     for part in loc:
-        if part in _TAGS:
+        if part in tags:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
@@ -761,24 +761,36 @@ _PYDANTIC_MESSAGES = {
     "string_type": "must be a string",
     "missing": "required",
 }
+#: Errors listed in one message; the rest are counted.
+_ERRORS_SHOWN = 3
 
 
-def _first_error(exc: ValidationError) -> str:
+def describe_errors(
+    exc: ValidationError,
+    tags: frozenset[str] = _TAGS,
+    own_types: tuple[str, ...] = ("rule_error",),
+) -> str:
+    """One line naming where and what is wrong, for the first few errors of a rules or
+    care-policy file (``own_types``: our validators' errors, worded already)."""
     errors = exc.errors(include_url=False)
-    e = errors[0]
-    where = _loc(tuple(e["loc"]))
-    msg = e["msg"]
-    if e["type"] != "rule_error":
-        msg = _PYDANTIC_MESSAGES.get(e["type"]) or msg[:1].lower() + msg[1:]
-        if e["type"] != "missing":
-            msg += f", got {_show(e.get('input'))}"
-    elif msg.startswith("["):  # an index inside the field: "match[1]: ..." not "match: [1]: ..."
-        idx, _, msg = msg.partition(": ")
-        where += idx
-    text = f"{where}: {msg}" if where else msg
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return text
+    texts = []
+    for e in errors[:_ERRORS_SHOWN]:
+        where = _loc(tuple(e["loc"]), tags)
+        msg = str(e["msg"])
+        if e["type"] not in own_types:
+            msg = _PYDANTIC_MESSAGES.get(e["type"]) or msg[:1].lower() + msg[1:]
+            if e["type"] != "missing":
+                msg += f", got {_show(e.get('input'))}"
+        elif msg[:1] in ("[", ".") and ": " in msg:
+            # a sub-path inside the field: "match[1]: ..." rather than "match: [1]: ..."
+            sub, _, msg = msg.partition(": ")
+            where = (where + sub) if where else sub.lstrip(".")
+        texts.append(f"{where}: {msg}" if where else msg)
+    text = "; ".join(texts)
+    if len(errors) > _ERRORS_SHOWN:
+        more = len(errors) - _ERRORS_SHOWN
+        text += f" (and {more} more error{'s' if more > 1 else ''})"
+    return " ".join(text.split())  # one line, whatever the input held
 
 
 def _parse_rules(raw: Any, name: str, where: str = "rules") -> list[Rule]:
@@ -794,7 +806,7 @@ def _parse_rules(raw: Any, name: str, where: str = "rules") -> list[Rule]:
         try:
             rule = Rule.model_validate(item)
         except ValidationError as exc:
-            raise RuleFileError(f"{name}: {label}: {_first_error(exc)}") from None
+            raise RuleFileError(f"{name}: {label}: {describe_errors(exc)}") from None
         if rule.id in first_at:
             raise RuleFileError(
                 f"{name}: {label}: id: duplicate id (rule #{first_at[rule.id] + 1} has the same id)"

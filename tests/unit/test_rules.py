@@ -745,9 +745,18 @@ def test_error_message_exact_format(tmp_path: Path) -> None:
     )
 
 
-def test_several_errors_report_the_first_and_a_count(tmp_path: Path) -> None:
+def test_several_errors_are_all_named_on_one_line(tmp_path: Path) -> None:
     msg = rule_error(tmp_path, "- {id: r, kind: nope, severity: 9, match: {type: sent}}\n")
-    assert "rule 'r': kind: 'nope' is not one of" in msg and "(and 1 more error)" in msg
+    assert "rule 'r': kind: 'nope' is not one of" in msg
+    assert "; severity: " in msg and "got 9" in msg
+    assert "\n" not in msg and "more error" not in msg
+
+
+def test_many_errors_name_three_and_count_the_rest(tmp_path: Path) -> None:
+    msg = rule_error(
+        tmp_path, "- {id: r, kind: nope, severity: 9, description: [1], match: 5, within: x}\n"
+    )
+    assert msg.count("; ") == 2 and msg.endswith("more errors)"), msg
 
 
 def test_rule_without_usable_id_is_named_by_position(tmp_path: Path) -> None:
