@@ -495,8 +495,9 @@ def main() -> None:
     from sinks.clickhouse.errors import ClickHouseError
     from streams.engine.care import CarePolicyError
     from streams.engine.rules import RuleFileError
-    from streams.runtime import RuntimeStartError
+    from streams.runtime import RuntimeStartError, limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread starts: the worker, its children, every command
     try:
         app()
     except (
