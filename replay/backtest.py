@@ -100,7 +100,7 @@ def read_profiles(
     for lineno, raw in iter_lines(path):
         try:
             p = CustomerProfile.model_validate_json(raw, context={"hasher": validator.hasher})
-        except ValueError as exc:
+        except ValidationError as exc:  # bad JSON included
             if on_invalid is not None:
                 on_invalid(f"{path}:{lineno}: {_first_error(exc)}")
             continue
@@ -108,14 +108,12 @@ def read_profiles(
     return out
 
 
-def _first_error(exc: ValueError) -> str:
+def _first_error(exc: ValidationError) -> str:
     """One line for a profile that failed validation (no raw values: they may be PII)."""
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{where}: {err['msg']}{more}"
-    return str(exc).splitlines()[0]
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "record"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
 
 
 def collect_events(

@@ -39,8 +39,8 @@ class CliError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
-def _out_dir(path: Path, option: str = "--out") -> Path:
-    """``path`` created if missing; one clear line now if it cannot be written, rather
+def _out_dir(path: Path, option: str = "--out") -> None:
+    """Create ``path`` if missing; one clear line now if it cannot be written, rather
     than a traceback after the work is done."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,6 @@ def _out_dir(path: Path, option: str = "--out") -> Path:
         probe.unlink()
     except OSError as exc:
         raise CliError(f"{option} {path}: cannot write there ({exc.strerror})") from None
-    return path
 
 
 def _settings(**overrides: object) -> Settings:

@@ -80,8 +80,8 @@ _LIBC: ctypes.CDLL | None = (
     ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 )
 
-_live: dict[int, subprocess.Popen[bytes]] = {}  # pid -> child, in start order
-_stop_signals: dict[int, int] = {}  # pid -> the signal that stops it gracefully, if not SIGTERM
+#: pid -> (child, the signal that stops it gracefully), in start order
+_live: dict[int, tuple[subprocess.Popen[bytes], int]] = {}
 _live_lock = threading.Lock()
 
 
@@ -215,9 +215,7 @@ def spawn(
     """
     p = _in_long_lived_thread(lambda: _popen(cmd, env, log_path, cwd))
     with _live_lock:
-        _live[p.pid] = p
-        if stop_signal != signal.SIGTERM:
-            _stop_signals[p.pid] = stop_signal
+        _live[p.pid] = (p, stop_signal)
     log.debug("started pid %d: %s", p.pid, " ".join(cmd))
     return p
 
@@ -225,7 +223,8 @@ def spawn(
 def stop_process(p: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
     """Stop a child: SIGTERM (or the ``stop_signal`` it was spawned with), wait up to
     ``timeout`` s, then SIGKILL. Returns its exit code."""
-    sig = _stop_signals.get(p.pid, signal.SIGTERM)
+    with _live_lock:
+        sig = _live[p.pid][1] if p.pid in _live else signal.SIGTERM
     try:
         if p.poll() is None:
             # The child leads its own process group: signal the group so helpers it may have
@@ -241,7 +240,6 @@ def stop_process(p: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None
     finally:
         with _live_lock:
             _live.pop(p.pid, None)
-            _stop_signals.pop(p.pid, None)
     return p.returncode
 
 
@@ -257,7 +255,7 @@ def _signal_group(p: subprocess.Popen[bytes], sig: int) -> None:
 def _stop_all_children() -> None:
     # Newest first: a later child may depend on an earlier one (worker on broker).
     with _live_lock:
-        children = list(_live.values())
+        children = [p for p, _ in _live.values()]
     for p in reversed(children):
         with contextlib.suppress(Exception):
             stop_process(p, timeout=3.0)
