@@ -242,13 +242,6 @@ def register(
         now = time.monotonic()
         sources: set[int] = set()
         generation = app.consumer_generation_id
-        # Land the batch's touchpoints first: only then may these messages be acked.
-        valid = [e.value for e in batch if e.message.topic == t_valid]
-        rows = decode_all(valid, touchpoint_rows, "identify")
-        if rows:
-            await warehouse.land("touchpoints", rows)
-            if not faust_fixes.still_current(app, generation):
-                return  # rebalanced while landing: the partitions' owner goes on (unacked)
         link_rows: list[dict[str, Any]] = []
         landed_at = datetime.now(UTC)
         for event in batch:
@@ -291,8 +284,6 @@ def register(
                     else:
                         wms.observe(r, v, now)
                 sources.add(q)
-        if link_rows:
-            await warehouse.land("identity_links", link_rows)
         events.send("items")
         links.send("links")
         # Progress goes out after the events it covers: downstream applies a watermark
@@ -300,6 +291,19 @@ def register(
         # the new owner of its partitions re-reads them and says how far it has got.
         if faust_fixes.still_current(app, generation):
             forward_watermarks(sources, now)
+        # The batch's touchpoints land once its events and progress have gone out (an
+        # insert into embedded chDB takes ~60 ms, which every event and both passes of the
+        # links round trip waited for), and before its state is written and it is acked.
+        valid = [e.value for e in batch if e.message.topic == t_valid]
+        rows = decode_all(valid, touchpoint_rows, "identify")
+        if rows:
+            await warehouse.land("touchpoints", rows)
+            if not faust_fixes.still_current(app, generation):
+                # rebalanced while landing: the partitions' new owner re-reads them from the
+                # commit (its outputs repeat these; downstream drops repeated event ids)
+                return
+        if link_rows:
+            await warehouse.land("identity_links", link_rows)
         # State after the outputs it stands for (streams/producer.py: order of a flush).
         held_after = 0
         for key, st in states.items():
