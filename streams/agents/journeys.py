@@ -298,12 +298,13 @@ def register(
         rows = decode_all(valid, touchpoint_rows, "identify")
         if rows:
             await warehouse.land("touchpoints", rows)
-            if not faust_fixes.still_current(app, generation):
-                # rebalanced while landing: the partitions' new owner re-reads them from the
-                # commit (its outputs repeat these; downstream drops repeated event ids)
-                return
         if link_rows:
             await warehouse.land("identity_links", link_rows)
+        if not faust_fixes.still_current(app, generation):
+            # Rebalanced while landing: the partitions' new owner re-reads them from the
+            # commit (its outputs repeat these; downstream drops repeated event ids), and
+            # this worker must not write state for keys it may no longer own.
+            return
         # State after the outputs it stands for (streams/producer.py: order of a flush).
         held_after = 0
         for key, st in states.items():
