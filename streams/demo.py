@@ -69,7 +69,10 @@ class WorkerClient:
 
     def query(self, name: str, **params: Any) -> list[dict[str, Any]]:
         """Rows of the worker's named query ``name`` (parameters as query-string values)."""
-        r = self.http.get(f"/api/query/{name}", params={k: str(v) for k, v in params.items()})
+        # Longer than the other calls: a scan on a worker busy with a backlog takes seconds.
+        r = self.http.get(
+            f"/api/query/{name}", params={k: str(v) for k, v in params.items()}, timeout=30.0
+        )
         r.raise_for_status()
         return r.json()["rows"]
 

@@ -1,8 +1,11 @@
-"""The worker's ClickHouse: one connection, one thread, the batching writer and queries.
+"""The worker's ClickHouse: the batching writer and dashboard queries, each on its own thread.
 
-chDB is not an async library and one process owns its data directory, so every call goes
-through a single dedicated thread; agents ``await`` it without blocking Faust's loop. The
-same code talks to a ClickHouse server when one is configured.
+chDB is not an async library, so calls run on dedicated threads that agents and web views
+``await`` without blocking Faust's loop. Writes go through one connection and one thread;
+dashboard queries through a second connection and thread, so that a query does not wait
+behind every insert the agents have queued (during a backlog that was seconds). chDB
+serves any number of connections to the engine its process hosts; the same code talks to
+a ClickHouse server when one is configured.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ class Warehouse:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
+        self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-read")
         self.client: Client | None = None
+        self.reader: Client | None = None
         self.writer: ClickHouseWriter | None = None
 
     # -- lifecycle (blocking; call from the CLI or through `call`) -------------------------
@@ -45,21 +50,24 @@ class Warehouse:
     def _open(self) -> list[int]:
         self.client = connect(self.settings)
         applied = migrate(self.client, self.settings.clickhouse_database)
+        self.reader = connect(self.settings)
         if self.settings.fault_clickhouse_file is not None:
-            self.client = FaultInjectingClient(self.client, self.settings.fault_clickhouse_file)  # type: ignore[assignment]
+            fault_file = self.settings.fault_clickhouse_file
+            self.client = FaultInjectingClient(self.client, fault_file)  # type: ignore[assignment]
+            self.reader = FaultInjectingClient(self.reader, fault_file)  # type: ignore[assignment]
         self.writer = ClickHouseWriter(
             self.client,
             database=self.settings.clickhouse_database,
             on_flush=_on_flush,
             on_error=_on_error,
             # Short: the long wait for an outage to end is land()'s async backoff, which
-            # leaves the ClickHouse thread free for dashboard queries meanwhile.
+            # leaves the write thread free for the other agents' batches meanwhile.
             retry_for=2.0,
         )
         return applied
 
     def close(self) -> None:
-        """Flush what is buffered and close the connection."""
+        """Flush what is buffered and close both connections."""
 
         def _close() -> None:
             if self.writer is not None:
@@ -67,12 +75,15 @@ class Warehouse:
             if self.client is not None:
                 self.client.close()
 
+        self._read_executor.shutdown(wait=True)
+        if self.reader is not None:
+            self.reader.close()
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
 
     # -- async API for agents and web views -------------------------------------------------
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the ClickHouse thread."""
+        """Run ``fn(*args)`` on the write thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def land(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -107,10 +118,14 @@ class Warehouse:
         metrics.SINK_BACKLOG.set(writer.pending_rows)
 
     async def query(self, name: str, params: dict[str, Any] | None = None) -> list[dict]:
-        """Run a named dashboard query."""
-        assert self.client is not None
-        client, db = self.client, self.settings.clickhouse_database
-        return await self.call(lambda: run_query(client, name, params, database=db))
+        """Run a named dashboard query on the read connection (not behind queued inserts)."""
+        assert self.reader is not None, "Warehouse.open() first"
+        reader, db = self.reader, self.settings.clickhouse_database
+
+        def run() -> list[dict]:
+            return run_query(reader, name, params, database=db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, run)
 
 
 def _on_flush(table: str, rows: int, seconds: float) -> None:

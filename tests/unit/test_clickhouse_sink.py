@@ -404,3 +404,36 @@ def test_another_process_cannot_open_the_same_chdb_directory(
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "Another server instance in same directory is already running" in proc.stderr
+
+
+def test_a_dashboard_query_answers_while_the_write_thread_is_busy(
+    ch: Client, ch_settings: Settings
+) -> None:
+    """A worker's named queries run on their own connection and thread: during a backlog
+    they must not wait behind every insert the agents have queued on the write thread."""
+    import asyncio
+    import threading
+
+    from streams.warehouse import Warehouse
+
+    warehouse = Warehouse(ch_settings)
+    warehouse.open()
+    release = threading.Event()
+
+    async def query_while_writing() -> tuple[list[dict], bool]:
+        writing = asyncio.ensure_future(warehouse.call(release.wait, 30))
+        await asyncio.sleep(0.2)  # the write thread is now inside release.wait
+        rows = await asyncio.wait_for(warehouse.query("landed_totals"), 10)
+        still_writing = not writing.done()
+        release.set()
+        await writing
+        return rows, still_writing
+
+    try:
+        rows, still_writing = asyncio.run(query_while_writing())
+    finally:
+        release.set()
+        warehouse.close()
+    assert still_writing
+    assert rows[0]["touchpoints"] == 0 and rows[0]["dead_letters"] == 0
+    assert ch.query("SELECT 1").result_rows == [(1,)]  # closing the warehouse keeps the engine
