@@ -75,10 +75,12 @@ class Warehouse:
             if self.client is not None:
                 self.client.close()
 
+        # The final flush first: a long query still running must not delay it.
+        flushed = self._executor.submit(_close)
         self._read_executor.shutdown(wait=True)
         if self.reader is not None:
             self.reader.close()
-        self._executor.submit(_close).result()
+        flushed.result()
         self._executor.shutdown(wait=True)
 
     # -- async API for agents and web views -------------------------------------------------

@@ -417,7 +417,6 @@ def test_a_dashboard_query_answers_while_the_write_thread_is_busy(
     from streams.warehouse import Warehouse
 
     warehouse = Warehouse(ch_settings)
-    warehouse.open()
     release = threading.Event()
 
     async def query_while_writing() -> tuple[list[dict], bool]:
@@ -430,6 +429,9 @@ def test_a_dashboard_query_answers_while_the_write_thread_is_busy(
         return rows, still_writing
 
     try:
+        warehouse.open()
+        # a connection of its own too: one client serializes its calls on a lock
+        assert warehouse.reader is not None and warehouse.reader is not warehouse.client
         rows, still_writing = asyncio.run(query_while_writing())
     finally:
         release.set()
