@@ -88,6 +88,8 @@ def machine_info() -> dict[str, Any]:
         # where the workers run ingest (TOUCHPATH_INGEST_MODE; CPU and RSS figures count
         # the worker's child processes too)
         "worker_ingest_mode": Settings(_env_file=None).ingest_mode,
+        # messages each agent may hold fetched but unprocessed (TOUCHPATH_STREAM_BUFFER_MESSAGES)
+        "worker_stream_buffer_messages": Settings(_env_file=None).stream_buffer_messages,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 

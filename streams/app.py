@@ -99,6 +99,9 @@ def create_app(settings: Settings, bootstrap: str, warehouse: Warehouse) -> faus
         web_port=settings.web_port,
         # Shut down promptly: offsets are committed only for acked messages anyway.
         stream_wait_empty=False,
+        # Faust's default (4,096) lets a backlog of micro-batches, up to 500 events each,
+        # pile up in memory ahead of a slower stage; Kafka is the better place for it.
+        stream_buffer_maxsize=settings.stream_buffer_messages,
     )
     land.register(app, settings, warehouse)
     land.register_results(app, settings, warehouse)

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         "(memory for speed; 0: decode every touched state from the table per batch).",
     )
     batch_max_ms: int = Field(default=50, ge=1, description="Max wait to fill a batch (ms).")
+    stream_buffer_messages: int = Field(
+        default=128,
+        ge=8,
+        description="Messages each agent may hold fetched but unprocessed (Faust's "
+        "stream_buffer_maxsize; each message a micro-batch of up to TOUCHPATH_BATCH_MAX_EVENTS "
+        "events). A backlog beyond it waits in Kafka instead of in memory.",
+    )
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     max_string_chars: int = Field(default=8192, ge=16)
     max_depth: int = Field(default=8, ge=2, description="Max JSON nesting depth of a record.")

@@ -331,6 +331,17 @@ def test_create_app_gives_faust_the_security_settings(monkeypatch):
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("u", "p")
 
 
+def test_create_app_bounds_faust_stream_buffers_by_the_setting(monkeypatch):
+    import streams.producer
+    from streams.app import create_app
+
+    monkeypatch.setattr(streams.producer, "Producer", _recorder())
+    app = create_app(_kafka(stream_buffer_messages=32), "broker:9093", _NoWarehouse())  # type: ignore[arg-type]
+    assert app.conf.stream_buffer_maxsize == 32
+    default = create_app(_kafka(), "broker:9093", _NoWarehouse())  # type: ignore[arg-type]
+    assert default.conf.stream_buffer_maxsize == Settings().stream_buffer_messages < 4096
+
+
 # --- ClickHouse server client ---------------------------------------------------------------------
 
 
