@@ -117,3 +117,16 @@ def test_run_guarded_counts_and_logs_an_error_and_never_raises(caplog) -> None:
     ingestor.run_once = lambda *_: 0  # type: ignore[method-assign]
     assert ingestor.run_guarded() is True
     assert errors._value.get() == before + 1
+
+
+def test_the_raw_consumer_refetches_soon_after_an_alignment_pause() -> None:
+    # librdkafka's default waits 1 s before fetching again for a partition whose queue was
+    # full, and a rewind after an alignment pause kept that wait: a backlog paid 1 s per pause
+    from confluent_kafka import Consumer
+
+    from streams.config import Settings
+    from streams.ingest import consumer_config
+
+    conf = consumer_config(Settings(_env_file=None), "127.0.0.1:1")
+    assert conf["fetch.queue.backoff.ms"] <= 50
+    Consumer({**conf, "log_level": 0}).close()  # librdkafka knows every key and value
