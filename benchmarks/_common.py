@@ -90,6 +90,8 @@ def machine_info() -> dict[str, Any]:
         "worker_ingest_mode": Settings(_env_file=None).ingest_mode,
         # messages each agent may hold fetched but unprocessed (TOUCHPATH_STREAM_BUFFER_MESSAGES)
         "worker_stream_buffer_messages": Settings(_env_file=None).stream_buffer_messages,
+        # young garbage collections every N new objects (TOUCHPATH_GC_YOUNG_THRESHOLD)
+        "worker_gc_young_threshold": Settings(_env_file=None).gc_young_threshold,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         "stream_buffer_maxsize; each message a micro-batch of up to TOUCHPATH_BATCH_MAX_EVENTS "
         "events). A backlog beyond it waits in Kafka instead of in memory.",
     )
+    gc_young_threshold: int = Field(
+        default=100_000,
+        ge=700,
+        description="New container objects (dicts, lists, states) the worker and its ingest "
+        "process allocate between young garbage collections (CPython's default: 700, which "
+        "pushed each batch's objects into costly full collections). Objects built at start "
+        "are frozen out of collections either way.",
+    )
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     max_string_chars: int = Field(default=8192, ge=16)
     max_depth: int = Field(default=8, ge=2, description="Max JSON nesting depth of a record.")

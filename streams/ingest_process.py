@@ -36,7 +36,7 @@ from schemas.validation import Validator
 from streams import faults, metrics
 from streams.config import Settings
 from streams.ingest import Ingestor
-from streams.runtime import die_with_parent, setup_logging
+from streams.runtime import die_with_parent, setup_logging, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
     ingestor = Ingestor(settings, bootstrap, Validator.from_settings(settings))
     log.info("ingest process %d consuming %s", os.getpid(), ingestor.raw_topic)
+    tune_gc(settings.gc_young_threshold)
     reported = 0.0
     while not stopping:
         if not ingestor.run_guarded():

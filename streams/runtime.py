@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import queue
@@ -112,6 +113,23 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     if ok:
         os.environ["MALLOC_ARENA_MAX"] = str(arenas)  # children apply it as they start
     return ok
+
+
+def tune_gc(young_threshold: int) -> None:
+    """Freeze what start-up built and let the young generation grow to ``young_threshold``
+    tracked objects before a collection. Call it once start-up is done, before the hot loop.
+
+    Why: CPython's default (700) collects the young generation every few hundred
+    allocations, so the objects of a batch in flight (decoded events, states, rows) were
+    promoted again and again, and a full collection followed every 2-3 s. Each one walks
+    every tracked object, the start-up ones (modules, classes, Faust's and pydantic's
+    machinery) included: 0.3-0.5 s each here, 5-6 s of a worker's ~35 CPU-seconds for 100k
+    events. Tuned, ~0.2 s (docs/benchmarks.md).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(young_threshold, older, oldest)
 
 
 def _child_setup(parent_pid: int) -> Callable[[], None]:

@@ -11,7 +11,7 @@ from streams import faults
 from streams.app import create_app, ingest_service
 from streams.config import Settings
 from streams.engine_settings import care, rules
-from streams.runtime import EmbeddedBroker, ensure_topics, wait_for_kafka
+from streams.runtime import EmbeddedBroker, ensure_topics, tune_gc, wait_for_kafka
 from streams.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def run_worker(settings: Settings) -> None:
         log.info(
             "worker up: kafka %s, web http://%s:%d", bootstrap, settings.web_host, settings.web_port
         )
+        tune_gc(settings.gc_young_threshold)  # start-up is built: keep it out of collections
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
