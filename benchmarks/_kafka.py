@@ -14,6 +14,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from benchmarks._common import REPO, log
+from streams.ingest import FETCH_SIZES
 from streams.runtime import spawn, stop_process
 from streams.simulator import publish
 
@@ -63,8 +64,7 @@ def raw_consume(
             "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 16 * 1024 * 1024,
-            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            **FETCH_SIZES,
             "log_level": 0,
         }
     )

@@ -67,6 +67,9 @@ JOIN_WAIT_SECONDS = 15.0
 #: librdkafka's wait before fetching again for a partition whose local queue was full
 #: (:func:`consumer_config`).
 FETCH_QUEUE_BACKOFF_MS = 10
+#: How much one fetch may bring (all partitions, one partition); the raw-consume reference
+#: of the benchmarks reads with the same.
+FETCH_SIZES = {"fetch.max.bytes": 16 * 1024 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024}
 
 
 def replay_mode(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
@@ -173,8 +176,7 @@ def consumer_config(settings: Settings, bootstrap: str) -> dict[str, object]:
         "group.id": f"{settings.app_id}-ingest",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "fetch.max.bytes": 16 * 1024 * 1024,
-        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        **FETCH_SIZES,
         # end of partition = caught up: it stops holding the watermark back soon
         "enable.partition.eof": True,
         # a short prefetch queue: less to throw back when alignment pauses a partition
